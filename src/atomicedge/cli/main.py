@@ -1,0 +1,78 @@
+"""Command-line entry point: ``atomicedge GROUP VERB ...``.
+
+Each command group lives in its own module exposing ``register(subparsers)``; handlers are
+``func(args) -> int``. This module owns the one place where typed errors become one-line
+messages and exit codes, so no traceback reaches a user for a problem they can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from atomicedge import __version__
+from atomicedge.errors import AtomicEdgeError
+
+# command-group modules under atomicedge.cli; a group that is not installed yet is skipped
+GROUPS = ("repo", "compose", "device", "demo")
+
+log = logging.getLogger("atomicedge")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="atomicedge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"atomicedge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log outside-tool commands")
+    sub = parser.add_subparsers(dest="group", metavar="GROUP", parser_class=_Parser)
+    for name in GROUPS:
+        try:
+            module = importlib.import_module(f"atomicedge.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"atomicedge.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s")
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        rc = func(args)
+    except AtomicEdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        # an unexpected file-system refusal is still the user's environment, not a bug
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
