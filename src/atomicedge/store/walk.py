@@ -12,9 +12,11 @@ from atomicedge.store.repo import Repo
 ObjRef = tuple[str, ObjectType]
 
 
-def reachable(repo: Repo, commit: str, *, depth: int = 0,
-              include_commit: bool = True) -> set[ObjRef]:
-    """Objects reachable from ``commit`` (and ``depth`` parents; -1 = all history)."""
+def reachable(repo: Repo, commit: str, *, depth: int = 0, include_commit: bool = True,
+              missing_ok: bool = False) -> set[ObjRef]:
+    """Objects reachable from ``commit`` (and ``depth`` parents; -1 = all history).
+
+    ``missing_ok`` stops quietly at dirtrees that are not stored (partial commits)."""
     out: set[ObjRef] = set()
     csum: str | None = commit
     level = 0
@@ -25,7 +27,7 @@ def reachable(repo: Repo, commit: str, *, depth: int = 0,
             break
         c = repo.load_commit(csum)
         out.add((c.root_meta, ObjectType.DIR_META))
-        _walk_tree(repo, c.root_tree, out)
+        _walk_tree(repo, c.root_tree, out, missing_ok)
         if depth >= 0 and level >= depth:
             break
         csum = c.parent
@@ -33,13 +35,15 @@ def reachable(repo: Repo, commit: str, *, depth: int = 0,
     return out
 
 
-def _walk_tree(repo: Repo, tree_csum: str, out: set[ObjRef]) -> None:
+def _walk_tree(repo: Repo, tree_csum: str, out: set[ObjRef], missing_ok: bool) -> None:
     stack = [tree_csum]
     while stack:
         t = stack.pop()
         if (t, ObjectType.DIR_TREE) in out:
             continue
         out.add((t, ObjectType.DIR_TREE))
+        if missing_ok and not repo.has_object(t, ObjectType.DIR_TREE):
+            continue
         tree = repo.load_dirtree(t)
         for _name, c in tree.files:
             out.add((c, ObjectType.FILE))

@@ -1,0 +1,215 @@
+"""The HTTP (and file://) seam of the pull client: pooled connections, caps, retries.
+
+Everything the pull client downloads goes through :class:`Fetcher`, so the rules that keep a
+flaky edge link from hurting the repository live in one place:
+
+* every download has a byte cap, checked while reading (an endless or oversized body is
+  cut off and refused, memory stays bounded);
+* transient failures (connection reset, stall past the read timeout, truncated body, 5xx,
+  408, 429, a body that fails the caller's verification) are retried with exponential
+  backoff; 404 is an answer, not a failure;
+* connections are pooled (urllib3) so a pull of thousands of small objects reuses a few
+  keep-alive sockets, and the pool is thread-safe for the pull's worker threads.
+
+``file://`` URLs are read straight from disk with the same caps, so a USB stick or an NFS
+mount works like a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from atomicedge.errors import AtomicEdgeError, CorruptionError, NotFoundError, UsageError
+
+log = logging.getLogger(__name__)
+
+Validator = Callable[[bytes], None]
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+_CHUNK = 256 * 1024
+
+
+class FetchError(AtomicEdgeError):
+    """A download failed for good (after the retries) or was refused (too big)."""
+
+
+@dataclass
+class FetchStats:
+    """Counters for the progress bar and the benchmark: what crossed the wire."""
+
+    requests: int = 0
+    bytes: int = 0
+    retries: int = 0
+    not_found: int = 0
+
+
+class Fetcher:
+    """Downloads paths relative to one repository URL (``http(s)://`` or ``file://``)."""
+
+    def __init__(self, url: str, *, max_connections: int = 8, retries: int = 5,
+                 backoff: float = 0.1, connect_timeout: float = 10.0,
+                 read_timeout: float = 30.0, sleep: Callable[[float], None] = time.sleep
+                 ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https", "file"):
+            raise UsageError(f"unsupported URL {url!r}",
+                             "use http://, https:// or file:// URLs")
+        self.url = url.rstrip("/")
+        self.scheme = parts.scheme
+        self.retries = retries
+        self.backoff = backoff
+        self.stats = FetchStats()
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._root = Path(unquote(parts.path)) if parts.scheme == "file" else None
+        self._pool: urllib3.PoolManager | None = None
+        if parts.scheme != "file":
+            self._pool = urllib3.PoolManager(
+                num_pools=4, maxsize=max_connections, block=True,
+                timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+                retries=False, headers={"User-Agent": "atomicedge-pull/1"})
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.clear()
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _count(self, nbytes: int, *, retry: bool = False, not_found: bool = False) -> None:
+        with self._lock:
+            self.stats.requests += 1
+            self.stats.bytes += nbytes
+            self.stats.retries += int(retry)
+            self.stats.not_found += int(not_found)
+
+    def fetch(self, path: str, *, max_size: int, optional: bool = False,
+              validate: Validator | None = None) -> bytes | None:
+        """Body of ``path``; None if absent and ``optional``; retried until it validates."""
+        _check_relpath(path)
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                delay = min(self.backoff * (2 ** (attempt - 1)), 5.0)
+                self._sleep(delay * (0.5 + random.random()))
+            try:
+                data = self._fetch_once(path, max_size)
+            except _Transient as exc:
+                last = exc
+                log.info("retrying %s after: %s", path, exc)
+                with self._lock:
+                    self.stats.retries += 1
+                continue
+            if data is None:
+                if optional:
+                    return None
+                raise NotFoundError(f"{self.url}/{path} does not exist on the server")
+            if validate is not None:
+                try:
+                    validate(data)
+                except CorruptionError as exc:
+                    last = exc
+                    log.info("retrying %s: invalid body: %s", path, exc)
+                    with self._lock:
+                        self.stats.retries += 1
+                    continue
+            return data
+        if isinstance(last, CorruptionError):
+            raise CorruptionError(f"{path} from {self.url} is still invalid after "
+                                  f"{self.retries + 1} attempts: {last.message}",
+                                  "the server is serving corrupt data") from None
+        raise FetchError(f"cannot fetch {self.url}/{path}: {last}",
+                         "check the URL and the network; the pull can be re-run and "
+                         "resumes where it stopped") from None
+
+    def _fetch_once(self, path: str, max_size: int) -> bytes | None:
+        if self._root is not None:
+            return self._read_file(path, max_size)
+        assert self._pool is not None
+        url = f"{self.url}/{quote(path)}"
+        try:
+            resp = self._pool.request("GET", url, preload_content=False, redirect=True)
+        except Urllib3Error as exc:
+            self._count(0)
+            raise _Transient(str(exc)) from None
+        try:
+            if resp.status == 404:
+                resp.drain_conn()
+                self._count(0, not_found=True)
+                return None
+            if resp.status in _RETRY_STATUS:
+                resp.drain_conn()
+                self._count(0)
+                raise _Transient(f"HTTP {resp.status}")
+            if resp.status != 200:
+                resp.drain_conn()
+                self._count(0)
+                raise FetchError(f"{url}: HTTP {resp.status}")
+            declared = resp.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > max_size:
+                self._count(0)
+                raise FetchError(f"{url} is {declared} bytes, over the {max_size}-byte cap",
+                                 "the server or the repository is hostile or broken")
+            return self._read_capped(resp, url, max_size)
+        finally:
+            resp.release_conn()
+
+    def _read_capped(self, resp: urllib3.BaseHTTPResponse, url: str, max_size: int) -> bytes:
+        buf = bytearray()
+        try:
+            while True:
+                chunk = resp.read(_CHUNK)
+                if not chunk:
+                    break
+                buf += chunk
+                if len(buf) > max_size:
+                    self._count(len(buf))
+                    raise FetchError(f"{url} exceeds the {max_size}-byte cap",
+                                     "the server or the repository is hostile or broken")
+        except Urllib3Error as exc:
+            self._count(len(buf))
+            raise _Transient(f"{exc.__class__.__name__}: {exc}") from None
+        self._count(len(buf))
+        return bytes(buf)
+
+    def _read_file(self, path: str, max_size: int) -> bytes | None:
+        assert self._root is not None
+        full = self._root / path
+        try:
+            with open(full, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > max_size:
+                    raise FetchError(f"{full} is {size} bytes, over the {max_size}-byte cap")
+                data = f.read(max_size + 1)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            self._count(0, not_found=True)
+            return None
+        except OSError as exc:
+            raise FetchError(f"cannot read {full}: {exc.strerror}") from None
+        if len(data) > max_size:
+            raise FetchError(f"{full} exceeds the {max_size}-byte cap")
+        self._count(len(data))
+        return data
+
+
+class _Transient(Exception):
+    """A failure worth retrying."""
+
+
+def _check_relpath(path: str) -> None:
+    parts = path.split("/")
+    if path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise UsageError(f"refusing to fetch suspicious path {path!r}")
