@@ -1,0 +1,1 @@
+"""Static delta generation and application (ostree format)."""

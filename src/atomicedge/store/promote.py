@@ -1,0 +1,1 @@
+"""Stage -> production promotion (implemented below in this module)."""

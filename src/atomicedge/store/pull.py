@@ -1,0 +1,532 @@
+"""Pull commits from a remote repository (``http(s)://`` or ``file://``) into a local one.
+
+Safety rules, in the order a pull applies them:
+
+1. every object is verified before it is stored: metadata by re-hashing its bytes and
+   decoding it (so a dirtree with ``..`` or ``/`` names never lands), content by inflating
+   the ``.filez`` with a size cap and re-hashing the canonical stream;
+2. with verification required, the commit's signatures are checked before the commit, and
+   therefore before any object of its tree, is written;
+3. ``state/COMMIT.commitpartial`` exists from before the commit object lands until its whole
+   tree is present, so a crash never leaves a commit that looks complete but is not;
+4. objects are committed in batches; an interrupted pull keeps every finished batch and the
+   next pull skips what it has (``resume`` costs one ``stat`` per object, no download).
+
+Static deltas are tried first when the remote advertises one (see :mod:`delta_pull`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from atomicedge.errors import CorruptionError, FormatError, NotFoundError, UsageError
+from atomicedge.store import objects as ob
+from atomicedge.store import remotes as rem
+from atomicedge.store import sign
+from atomicedge.store import summary as sm
+from atomicedge.store.fetch import Fetcher
+from atomicedge.store.keyfile import KeyFile
+from atomicedge.store.objects import Commit, DirMeta, DirTree, FileHeader, ObjectType
+from atomicedge.store.repo import Repo, validate_ref
+
+log = logging.getLogger(__name__)
+
+BATCH = 1500
+MAX_METADATA = 128 * 1024 * 1024
+MAX_FILE = 4 * 1024 * 1024 * 1024
+ObjRef = tuple[str, ObjectType]
+
+
+@dataclass
+class PullStats:
+    """Live counters (the progress bar reads them) and the final report."""
+
+    metadata_fetched: int = 0
+    content_fetched: int = 0
+    objects_total: int = 0
+    objects_done: int = 0
+    bytes: int = 0
+    requests: int = 0
+    retries: int = 0
+    deltas: list[str] = field(default_factory=list)
+    delta_parts: int = 0
+    started: float = field(default_factory=time.monotonic)
+    phase: str = "starting"
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+Progress = Callable[[PullStats], None]
+
+
+@dataclass
+class PullOptions:
+    mirror: bool = False
+    depth: int = 0
+    commit_metadata_only: bool = False
+    disable_static_deltas: bool = False
+    require_static_deltas: bool = False
+    max_metadata_size: int = MAX_METADATA
+    max_file_size: int = MAX_FILE
+    connections: int = 8
+    retries: int = 5
+    backoff: float = 0.1
+    read_timeout: float = 30.0
+    policy: sign.TrustPolicy | None = None  # overrides the remote's configuration
+
+
+@dataclass
+class PullResult:
+    refs: dict[str, str]
+    stats: PullStats
+
+
+def policy_for(remote: rem.Remote) -> sign.TrustPolicy:
+    keyrings = [remote.gpg_keyring] if remote.gpg_keyring else []
+    return sign.TrustPolicy(gpg=remote.gpg_verify, ed25519=remote.sign_verify,
+                            gpg_keyrings=keyrings, ed25519_keys=list(remote.ed25519_keys))
+
+
+def parse_refspec(spec: str) -> tuple[str, str | None]:
+    ref, sep, csum = spec.partition("@")
+    validate_ref(ref)
+    return ref, ob.validate_checksum(csum) if sep else None
+
+
+def pull(repo: Repo, remote_or_url: str, refs: Iterable[str] = (), *,
+         progress: Progress | None = None, **kwargs: Any) -> PullResult:
+    """Pull ``refs`` (``REF`` or ``REF@CHECKSUM``) from a remote name or a URL.
+
+    Refs land in ``refs/remotes/REMOTE/REF`` for a named remote, in ``refs/heads/REF`` for a
+    bare URL or with ``mirror=True``. Keyword arguments are :class:`PullOptions` fields.
+    """
+    opts = PullOptions(**kwargs)
+    remote = rem.resolve(repo, remote_or_url)
+    puller = Puller(repo, remote, opts, progress)
+    try:
+        return puller.run([parse_refspec(r) for r in refs])
+    finally:
+        puller.close()
+
+
+class Puller:
+    def __init__(self, repo: Repo, remote: rem.Remote, opts: PullOptions,
+                 progress: Progress | None) -> None:
+        self.repo = repo
+        self.remote = remote
+        self.opts = opts
+        self.policy = opts.policy or policy_for(remote)
+        self.progress = progress
+        self.stats = PullStats()
+        self.fetcher = Fetcher(remote.url, max_connections=opts.connections,
+                               retries=opts.retries, backoff=opts.backoff,
+                               read_timeout=opts.read_timeout)
+        self.pool = ThreadPoolExecutor(max_workers=opts.connections)
+        self.summary: sm.Summary | None = None
+        self.summary_bytes: bytes | None = None
+        self.summary_sig: bytes | None = None
+        self._sizes: dict[str, int] = {}
+        self._last_tick = 0.0
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.fetcher.close()
+
+    # -- progress ----------------------------------------------------------------------
+
+    def tick(self, force: bool = False) -> None:
+        fs = self.fetcher.stats
+        self.stats.bytes, self.stats.requests, self.stats.retries = (
+            fs.bytes, fs.requests, fs.retries)
+        now = time.monotonic()
+        if self.progress is not None and (force or now - self._last_tick > 0.1):
+            self._last_tick = now
+            self.progress(self.stats)
+
+    # -- top level ---------------------------------------------------------------------
+
+    def run(self, specs: list[tuple[str, str | None]]) -> PullResult:
+        self._check_remote_config()
+        all_refs = not specs
+        need_summary = all_refs or any(c is None for _r, c in specs)
+        if need_summary or self.policy_summary_required:
+            self._load_summary(required=not specs)
+        if not specs:
+            if self.summary is None:
+                raise UsageError("no refs given and the remote has no summary",
+                                 "name the refs to pull")
+            specs = [(r.name, None) for r in self.summary.refs]
+        targets = {ref: csum or self._resolve_ref(ref) for ref, csum in specs}
+        for ref, csum in targets.items():
+            self._pull_commit(ref, csum)
+        self.stats.phase = "refs"
+        with self.repo.transaction() as tx:
+            for ref, csum in targets.items():
+                tx.set_ref(self._local_ref(ref), csum)
+        if self.opts.mirror and self.summary_bytes is not None and all_refs:
+            self._mirror_summary()
+        self.stats.phase = "done"
+        self.tick(force=True)
+        return PullResult(targets, self.stats)
+
+    @property
+    def policy_summary_required(self) -> bool:
+        return self.remote.gpg_verify_summary or self.remote.sign_verify_summary
+
+    def _local_ref(self, ref: str) -> str:
+        if self.opts.mirror or self.remote.name is None:
+            return ref
+        return f"{self.remote.name}:{ref}"
+
+    def _check_remote_config(self) -> None:
+        data = self.fetcher.fetch("config", max_size=1024 * 1024, optional=True)
+        if data is None:
+            return
+        try:
+            kf = KeyFile.parse(data.decode("utf-8"), source="remote config")
+        except UnicodeDecodeError:
+            raise FormatError("the remote's config is not UTF-8 text",
+                              "is the URL really an OSTree repository?") from None
+        mode = kf.get("core", "mode") or ""
+        if mode not in ("archive", "archive-z2"):
+            raise FormatError(f"remote repository mode is {mode!r}, not archive",
+                              "serve an archive-mode repository over HTTP")
+
+    def _load_summary(self, *, required: bool) -> None:
+        self.stats.phase = "summary"
+        sig = self.fetcher.fetch("summary.sig", max_size=16 * 1024 * 1024, optional=True)
+        data = self.fetcher.fetch("summary", max_size=sm.MAX_SUMMARY, optional=True)
+        if data is None:
+            if required or self.policy_summary_required:
+                raise NotFoundError(f"{self.remote.url} has no summary",
+                                    "run `atomicedge repo summary -u` on the server")
+            return
+        if self.policy_summary_required:
+            meta = ob.decode_metadata_dict(sig) if sig is not None else None
+            pol = sign.TrustPolicy(
+                gpg=self.remote.gpg_verify_summary and self.policy.gpg,
+                ed25519=self.remote.sign_verify_summary and self.policy.ed25519,
+                gpg_keyrings=self.policy.gpg_keyrings,
+                ed25519_keys=self.policy.ed25519_keys)
+            sign.verify("summary", data, meta, pol)
+        self.summary = sm.parse(data)
+        self.summary_bytes, self.summary_sig = data, sig
+
+    def _resolve_ref(self, ref: str) -> str:
+        if self.summary is not None:
+            entry = self.summary.lookup(ref)
+            if entry is None:
+                raise NotFoundError(f"remote {self.remote.name or self.remote.url} has no "
+                                    f"ref {ref!r}")
+            return entry.commit
+        data = self.fetcher.fetch(f"refs/heads/{ref}", max_size=1024, optional=True)
+        if data is None:
+            raise NotFoundError(f"remote {self.remote.url} has no ref {ref!r}")
+        text = data.decode("ascii", "replace").strip()
+        if not ob.CHECKSUM_RE.match(text):
+            raise FormatError(f"remote ref {ref} holds {text[:40]!r}, not a checksum",
+                              "the server answered with something else (an HTML page?)")
+        return text
+
+    def _mirror_summary(self) -> None:
+        from atomicedge.fsutil import atomic_write
+        assert self.summary_bytes is not None
+        atomic_write(self.repo.path / "summary", self.summary_bytes)
+        if self.summary_sig is not None:
+            atomic_write(self.repo.path / "summary.sig", self.summary_sig)
+
+    # -- one commit --------------------------------------------------------------------
+
+    def _pull_commit(self, ref: str, csum: str) -> None:
+        repo = self.repo
+        if (repo.has_object(csum, ObjectType.COMMIT) and not repo.is_partial(csum)
+                and not self.opts.commit_metadata_only and self.opts.depth == 0):
+            log.info("%s is already complete", csum)
+            return
+        if not self.opts.commit_metadata_only and not self.opts.disable_static_deltas:
+            from atomicedge.store import delta_pull
+            if delta_pull.try_delta(self, ref, csum):
+                return
+        elif self.opts.require_static_deltas:
+            raise UsageError("--require-static-deltas conflicts with the other options")
+        chain = self._fetch_commits(ref, csum)
+        if self.opts.commit_metadata_only:
+            return
+        for c in chain:
+            self.pull_tree(c)
+
+    def _fetch_commits(self, ref: str, csum: str) -> list[str]:
+        """Fetch, verify and store the commit (and ``depth`` parents); all marked partial."""
+        self.stats.phase = "commits"
+        out = []
+        cur: str | None = csum
+        level = 0
+        while cur is not None:
+            try:
+                commit = self.fetch_commit(cur, ref if level == 0 else None)
+            except NotFoundError:
+                if level == 0:
+                    raise
+                break  # a shallow remote: history stops here
+            out.append(cur)
+            if self.opts.depth >= 0 and level >= self.opts.depth:
+                break
+            cur = commit.parent
+            level += 1
+        return out
+
+    def fetch_commit(self, csum: str, ref: str | None) -> Commit:
+        repo = self.repo
+        if repo.has_object(csum, ObjectType.COMMIT):
+            commit = repo.load_commit(csum)
+            self.note_sizes(commit)
+            return commit
+        meta_bytes = self.fetcher.fetch(_objpath(csum, "commitmeta"),
+                                        max_size=self.opts.max_metadata_size, optional=True)
+        data = self.fetcher.fetch(_objpath(csum, "commit"), max_size=self.opts.max_metadata_size,
+                                  validate=lambda d: _check_meta(d, csum, ObjectType.COMMIT))
+        assert data is not None
+        meta = ob.decode_metadata_dict(meta_bytes) if meta_bytes is not None else None
+        return self.store_commit(csum, data, meta, ref)
+
+    def store_commit(self, csum: str, data: bytes, meta: dict[str, Any] | None,
+                     ref: str | None) -> Commit:
+        """Verify signature and ref binding, then write the commit marked partial."""
+        commit = Commit.decode(data)
+        sign.verify(f"commit {csum}", data, meta, self.policy)
+        if ref is not None:
+            bound = commit.meta_value("ostree.ref-binding")
+            if bound is not None and ref not in bound:
+                raise CorruptionError(f"commit {csum} is bound to {bound}, not to {ref}",
+                                      "the server is offering a commit of another branch")
+        self.mark_partial(csum)
+        if meta is not None:
+            self.repo.write_detached_metadata(csum, meta)
+        with self.repo.transaction() as tx:
+            tx.write_metadata(ObjectType.COMMIT, data, expected=csum)
+        self.stats.metadata_fetched += 1
+        self.note_sizes(commit)
+        return commit
+
+    def note_sizes(self, commit: Commit) -> None:
+        """Remember ``ostree.sizes`` (archived sizes) to cap each download exactly."""
+        v = commit.metadata.get("ostree.sizes")
+        if v is None or v.type != "aay":
+            return
+        for entry in v.value:
+            e = bytes(entry)
+            if len(e) < 34:
+                continue
+            try:
+                archived, _pos = ob.decode_varint(e, 32)
+            except FormatError:
+                continue
+            self._sizes[e[:32].hex()] = archived
+
+    def mark_partial(self, csum: str) -> None:
+        path = self.repo.path / "state" / f"{csum}.commitpartial"
+        path.parent.mkdir(exist_ok=True)
+        if not path.exists():
+            path.write_bytes(b"")
+
+    def clear_partial(self, csum: str) -> None:
+        (self.repo.path / "state" / f"{csum}.commitpartial").unlink(missing_ok=True)
+
+    # -- trees -------------------------------------------------------------------------
+
+    def pull_tree(self, csum: str) -> None:
+        """Fetch every missing object of commit ``csum``'s tree, then clear its partial."""
+        commit = self.repo.load_commit(csum)
+        self.stats.phase = "metadata"
+        frontier: list[ObjRef] = [(commit.root_tree, ObjectType.DIR_TREE),
+                                  (commit.root_meta, ObjectType.DIR_META)]
+        seen: set[ObjRef] = set(frontier)
+        files: set[str] = set()
+        while frontier:
+            self.stats.objects_total += len(frontier)
+            self.fetch_objects(frontier)
+            nxt: list[ObjRef] = []
+            for c, t in frontier:
+                if t != ObjectType.DIR_TREE:
+                    continue
+                tree = self.repo.load_dirtree(c)
+                files.update(f for _n, f in tree.files)
+                for _n, sub, meta in tree.dirs:
+                    for o in ((sub, ObjectType.DIR_TREE), (meta, ObjectType.DIR_META)):
+                        if o not in seen:
+                            seen.add(o)
+                            nxt.append(o)
+            frontier = nxt
+        self.stats.phase = "content"
+        content = [(f, ObjectType.FILE) for f in sorted(files)]
+        self.stats.objects_total += len(content)
+        self.fetch_objects(content)
+        self.clear_partial(csum)
+        self.tick(force=True)
+
+    def fetch_objects(self, objs: list[ObjRef]) -> None:
+        """Download and store the missing ones among ``objs``, in committed batches."""
+        missing = [o for o in objs if not self.repo.has_object(*o)]
+        self.stats.objects_done += len(objs) - len(missing)
+        for i in range(0, len(missing), BATCH):
+            batch = missing[i:i + BATCH]
+            with self.repo.transaction() as tx:
+                for _ in self.pool.map(lambda o: self._fetch_one(tx, o), batch):
+                    self.stats.objects_done += 1
+                    self.tick()
+
+    def _fetch_one(self, tx: Any, obj: ObjRef) -> None:
+        csum, objtype = obj
+        if objtype == ObjectType.FILE:
+            cap = self._sizes.get(csum, self.opts.max_file_size)
+            holder: list[tuple[FileHeader, bytes | None]] = []
+            keep = not self.repo.is_archive
+
+            def check(data: bytes) -> None:
+                holder.clear()
+                holder.append(verify_filez(data, csum, self.opts.max_file_size, keep))
+
+            data = self.fetcher.fetch(_objpath(csum, "filez"), max_size=cap, validate=check)
+            assert data is not None
+            header, content = holder[0]
+            if keep:
+                assert content is not None
+                tx.write_content_trusted(csum, header, content)
+            else:
+                tx.write_filez_verbatim(csum, data)
+            self.stats.content_fetched += 1
+            return
+        data = self.fetcher.fetch(_objpath(csum, objtype.ext),
+                                  max_size=self.opts.max_metadata_size,
+                                  validate=lambda d: _check_meta(d, csum, objtype))
+        assert data is not None
+        tx.write_metadata(objtype, data, expected=csum)
+        self.stats.metadata_fetched += 1
+
+
+def _objpath(csum: str, ext: str) -> str:
+    return f"objects/{csum[:2]}/{csum[2:]}.{ext}"
+
+
+def _check_meta(data: bytes, csum: str, objtype: ObjectType) -> None:
+    """Raise CorruptionError unless ``data`` is a well-formed object named ``csum``."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != csum:
+        raise CorruptionError(f"{objtype.ext} object {csum} has checksum {actual}")
+    if objtype == ObjectType.DIR_TREE:
+        DirTree.decode(data)
+    elif objtype == ObjectType.DIR_META:
+        DirMeta.decode(data)
+    elif objtype == ObjectType.COMMIT:
+        Commit.decode(data)
+
+
+def verify_filez(data: bytes, csum: str, max_size: int,
+                 keep: bool) -> tuple[FileHeader, bytes | None]:
+    """Check a ``.filez`` against ``csum``, inflating in bounded chunks.
+
+    Returns the header and (if ``keep``) the content. A declared size over ``max_size`` or a
+    stream that inflates to more or less than declared is refused before it costs memory.
+    """
+    try:
+        h, size, off = ob.parse_archive_header(data)
+    except FormatError as exc:
+        raise CorruptionError(f"content object {csum}: {exc.message}") from None
+    if size > max_size:
+        raise CorruptionError(f"content object {csum} declares {size} bytes, over the "
+                              f"{max_size}-byte cap", "refusing a possible decompression bomb")
+    m = hashlib.sha256(ob.stream_prefix(h))
+    if h.is_symlink:
+        if len(data) != off:
+            raise CorruptionError(f"symlink object {csum} carries a payload")
+        content: bytes | None = b""
+    else:
+        content = _inflate_hash(data, off, size, m, keep, csum)
+    actual = m.hexdigest()
+    if actual != csum:
+        raise CorruptionError(f"content object {csum} has checksum {actual}")
+    return h, content
+
+
+def _inflate_hash(data: bytes, off: int, size: int, m: Any, keep: bool,
+                  csum: str) -> bytes | None:
+    d = zlib.decompressobj(-15)
+    parts: list[bytes] = []
+    total = 0
+    buf: bytes = memoryview(data)[off:].tobytes()
+    try:
+        while True:
+            chunk = d.decompress(buf, 1 << 20)
+            total += len(chunk)
+            if total > size:
+                raise CorruptionError(f"content object {csum} inflates beyond its "
+                                      f"declared {size} bytes", "refusing a decompression bomb")
+            m.update(chunk)
+            if keep:
+                parts.append(chunk)
+            buf = d.unconsumed_tail
+            if not buf or d.eof:
+                break
+        if not d.eof:
+            tail = d.flush()
+            total += len(tail)
+            m.update(tail)
+            if keep:
+                parts.append(tail)
+    except zlib.error as exc:
+        raise CorruptionError(f"content object {csum} does not inflate: {exc}") from None
+    if total != size or not d.eof or d.unused_data:
+        raise CorruptionError(f"content object {csum} inflates to {total} bytes, "
+                              f"header says {size}")
+    return b"".join(parts) if keep else None
+
+
+class RichPullProgress:
+    """A rich progress bar (objects, bytes, rate) fed by :class:`PullStats` callbacks."""
+
+    def __init__(self, console: Any = None, description: str = "pull") -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("objects {task.fields[bytes]} {task.fields[rate]} {task.fields[phase]}"),
+            TimeElapsedColumn(), console=console, transient=False)
+        self._task = self._progress.add_task(description, total=None, bytes="0 B",
+                                             rate="", phase="")
+
+    def __enter__(self) -> RichPullProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, st: PullStats) -> None:
+        rate = st.bytes / st.seconds if st.seconds > 0 else 0.0
+        self._progress.update(self._task, completed=st.objects_done,
+                              total=max(st.objects_total, st.objects_done) or None,
+                              bytes=_human(st.bytes), rate=f"{_human(int(rate))}/s",
+                              phase=st.phase)
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

@@ -1,0 +1,46 @@
+"""Fixtures for the network tests: ostree-made repos, our repos, running servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from net_helpers import make_tree, run
+
+from atomicedge.store.commit import commit_directory
+from atomicedge.store.repo import Repo
+from atomicedge.store.serve import Server
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "tree")
+
+
+@pytest.fixture
+def src_repo(tmp_path: Path, tree: Path) -> tuple[Repo, str]:
+    """An archive repo written by atomicedge with one commit on ``main`` and a summary."""
+    from atomicedge.store import summary
+    repo = Repo.init(tmp_path / "src", "archive")
+    csum = commit_directory(repo, tree, branch="main", subject="v1", generate_sizes=True)
+    summary.update(repo)
+    return repo, csum
+
+
+@pytest.fixture
+def ostree_repo(tmp_path: Path, tree: Path) -> tuple[Path, str]:
+    """An archive repo written by the real ostree, with a summary."""
+    path = tmp_path / "ostree-src"
+    run("ostree", "init", f"--repo={path}", "--mode=archive")
+    run("ostree", f"--repo={path}", "commit", "-b", "main", "-s", "v1", "--generate-sizes",
+        str(tree))
+    run("ostree", f"--repo={path}", "summary", "-u")
+    csum = run("ostree", f"--repo={path}", "rev-parse", "main").stdout.strip()
+    return path, csum
+
+
+@pytest.fixture
+def server(src_repo: tuple[Repo, str]) -> Iterator[Server]:
+    with Server(src_repo[0].path) as s:
+        yield s

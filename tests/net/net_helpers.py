@@ -1,0 +1,50 @@
+"""Helpers for the network tests: running ostree, building small trees."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+
+def run(*cmd: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=check)
+
+
+def ostree_fsck(repo: Path) -> str:
+    out = run("ostree", "fsck", f"--repo={repo}", check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def make_tree(root: Path, version: int = 1) -> Path:
+    """A small tree with the kinds of entries ostree cares about; ``version`` changes it."""
+    (root / "usr/bin").mkdir(parents=True, exist_ok=True)
+    (root / "usr/lib").mkdir(parents=True, exist_ok=True)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "empty").mkdir(exist_ok=True)
+    (root / "etc/os-release").write_text(f"VERSION={version}\n")
+    (root / "usr/bin/tool").write_bytes(b"#!/bin/sh\necho tool\n")
+    os.chmod(root / "usr/bin/tool", 0o755)
+    big = bytearray(os.urandom(8) * 40000)  # compressible, 320 KB
+    big[1000:1010] = bytes([version] * 10)
+    (root / "usr/lib/libbig.so").write_bytes(bytes(big) if version == 1 else
+                                              _mutate(root, bytes(big)))
+    (root / "usr/lib/blob.bin").write_bytes(os.urandom(70000))
+    (root / "usr/lib/empty").write_bytes(b"")
+    if not (root / "usr/lib/link").is_symlink():
+        os.symlink("libbig.so", root / "usr/lib/link")
+    for i in range(30):
+        (root / f"usr/lib/small{i}.txt").write_text(f"file {i} v{version if i < 3 else 1}\n")
+    return root
+
+
+def _mutate(root: Path, data: bytes) -> bytes:
+    prev = root / "usr/lib/libbig.so"
+    if prev.exists():
+        old = bytearray(prev.read_bytes())
+        old[5000:5100] = os.urandom(100)
+        return bytes(old)
+    return data
+
+
