@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 DEFAULT_MAX_BOOT_ATTEMPTS = 3
 FALLBACK_MESSAGE = "FALLBACK BOOT DETECTED! Default deployment has been rolled back."
@@ -63,7 +63,7 @@ def _is_int(s: str) -> bool:
 
 # --- boot decision --------------------------------------------------------------------------
 
-class Health(str, Enum):
+class Health(StrEnum):
     GREEN = "green"
     RED = "red"
 
@@ -181,7 +181,7 @@ class Window:
         return False
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     NOTHING = "nothing"
     REPORT = "report"        # policy=check: note the available update
     STAGE = "stage"          # download + stage (finalized at the next shutdown)

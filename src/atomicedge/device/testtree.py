@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 from atomicedge.errors import ToolError
+from atomicedge.store.repo import Repo
 
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "libpam-systemd")
 TREE_FORMAT = "2"  # bump when the preparation below changes
@@ -99,3 +100,88 @@ def ostreeify(src: Path, dest: Path, *, version: str, kernel: bytes = b"dummy ke
         osr.unlink()  # may be a hardlink into the cache: never write through it
         osr.write_text("\n".join(lines) + "\n")
     return dest
+
+
+# -- the lab: commits for tests, the demo and the benchmark -----------------------------------
+
+CHECK_UPGRADE = """#!/bin/bash
+# the seed demo's check: fail when the booted commit differs from the one recorded at the
+# first boot (/etc/greenboot/orig.txt); delete orig.txt to allow an upgrade.
+booted=$(/usr/bin/atomicedge device status --json | python3 -c '
+import json, sys
+deps = json.load(sys.stdin)["deployments"]
+print([d["checksum"] for d in deps if d["booted"]][0])')
+[ -e /etc/greenboot/orig.txt ] || echo "$booted" > /etc/greenboot/orig.txt
+echo "$booted" > /etc/greenboot/current.txt
+if ! cmp -s /etc/greenboot/orig.txt /etc/greenboot/current.txt; then
+  echo "orig.txt ($(cat /etc/greenboot/orig.txt)) != current.txt ($booted)"
+  exit 1
+fi
+"""
+
+DRIVER = """#!/bin/sh
+# test/demo operator: after the health check, run /var/lib/atomicedge-lab/next.sh once (if
+# any), otherwise power off - unless the health check already asked for a reboot.
+if systemctl list-jobs --no-legend | grep -Eq 'reboot.target|poweroff.target'; then exit 0; fi
+if [ -e /var/lib/atomicedge-lab/next.sh ]; then
+  mv /var/lib/atomicedge-lab/next.sh /run/next.sh
+  exec /bin/sh -x /run/next.sh
+fi
+systemctl poweroff --no-block
+"""
+
+DRIVER_UNIT = """[Unit]
+Description=atomicedge lab driver (tests and demo)
+After=atomicedge-healthcheck.service multi-user.target
+ConditionPathExists=/run/ostree-booted
+
+[Service]
+Type=oneshot
+ExecStart=/usr/libexec/atomicedge-lab/driver.sh
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def lab_tree(workdir: Path, version: str, *, agent_toml: str | None = None,
+             files: dict[str, tuple[str, int]] | None = None) -> Path:
+    """An ostree-ready tree with the device agent, the seed's health check and the driver."""
+    from atomicedge.device.image import install_device_files
+    tree = ostreeify(base_tree(), workdir / f"tree-{version}", version=version)
+    install_device_files(tree, agent_toml)
+    extra = {
+        "usr/etc/greenboot/check/required.d/01_check_upgrade.sh": (CHECK_UPGRADE, 0o755),
+        "usr/libexec/atomicedge-lab/driver.sh": (DRIVER, 0o755),
+        "usr/lib/systemd/system/atomicedge-lab-driver.service": (DRIVER_UNIT, 0o644),
+        "usr/etc/atomicedge-release": (f"{version}\n", 0o644),
+        **(files or {}),
+    }
+    for rel, (text, mode) in extra.items():
+        p = tree / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        os.chmod(p, mode)
+    wants = tree / "usr/lib/systemd/system/multi-user.target.wants"
+    os.symlink("../atomicedge-lab-driver.service", wants / "atomicedge-lab-driver.service")
+    # noisy or failing in a container without devices
+    for unit in ("systemd-networkd-wait-online.service", "getty@.service"):
+        (tree / "usr/etc/systemd/system").mkdir(parents=True, exist_ok=True)
+        link = tree / "usr/etc/systemd/system" / unit
+        if not link.is_symlink():
+            os.symlink("/dev/null", link)
+    return tree
+
+
+def lab_commit(repo: Repo, workdir: Path, version: str, ref: str, **kw: object) -> str:
+    """Build :func:`lab_tree` and commit it on ``ref`` with ``version`` metadata."""
+    from atomicedge.store.commit import commit_directory
+    from atomicedge.store.gvariant import Variant
+    tree = lab_tree(workdir, version, **kw)  # type: ignore[arg-type]
+    try:
+        return commit_directory(repo, tree, branch=ref, subject=f"atomicedge {version}",
+                                metadata={"version": Variant("s", version)})
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)

@@ -1,0 +1,149 @@
+"""The update agent: ``/etc/atomicedge/agent.toml`` + one tick (``agent --once``).
+
+Config keys: ``policy`` (none|check|stage|apply), ``schedule`` (systemd OnCalendar syntax,
+validated by ``systemd-analyze calendar`` when present), ``splay`` (RandomizedDelaySec=),
+``[window] days/start/length_minutes`` (UTC) for applying.  The timers run the tick; the
+generator turns the config into timer drop-ins.  The decision is
+:func:`atomicedge.device.decision.decide_agent`; a commit in the denylist (rolled back by the
+health check) is never staged automatically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shutil
+import subprocess
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from atomicedge.device import deploy as dp
+from atomicedge.device import ops
+from atomicedge.device.decision import (
+    POLICIES,
+    Action,
+    AgentDecision,
+    AgentFacts,
+    Window,
+    decide_agent,
+    parse_window,
+)
+from atomicedge.device.grubenv import GrubEnv
+from atomicedge.device.sysroot import Sysroot
+from atomicedge.errors import FormatError
+from atomicedge.fsutil import atomic_write
+
+CONFIG = Path("/etc/atomicedge/agent.toml")
+_SPAN = re.compile(r"^\d+\s*(s|sec|min|m|h|hour|d|day)?s?$")
+_DAYNAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    policy: str = "none"
+    schedule: str = "daily"
+    splay: str = "30min"
+    window: Window | None = None
+
+
+def parse_config(text: str, source: str = "agent.toml") -> AgentConfig:
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FormatError(f"{source}: not valid TOML ({exc})") from None
+    policy = raw.get("policy", "none")
+    if policy not in POLICIES:
+        raise FormatError(f"{source}: policy = {policy!r} is not one of {', '.join(POLICIES)}",
+                          "set policy = \"none\", \"check\", \"stage\" or \"apply\"")
+    schedule = str(raw.get("schedule", "daily"))
+    _validate_calendar(schedule, source)
+    splay = str(raw.get("splay", "30min"))
+    if not _SPAN.match(splay):
+        raise FormatError(f"{source}: splay = {splay!r} is not a time span", "e.g. \"30min\"")
+    window = None
+    if "window" in raw:
+        w = raw["window"]
+        try:
+            window = parse_window(list(w.get("days", [])), str(w.get("start", "")),
+                                  int(w.get("length_minutes", 0)))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise FormatError(f"{source}: [window] {exc}",
+                              "days = [\"Sat\"], start = \"02:00\", length_minutes = 120") \
+                from None
+    return AgentConfig(policy, schedule, splay, window)
+
+
+def _validate_calendar(expr: str, source: str) -> None:
+    if not expr.strip() or "\n" in expr:
+        raise FormatError(f"{source}: schedule is empty", "e.g. schedule = \"daily\"")
+    if shutil.which("systemd-analyze"):
+        proc = subprocess.run(["systemd-analyze", "calendar", expr], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            raise FormatError(f"{source}: schedule = {expr!r} is not a systemd calendar "
+                              "expression", "see systemd.time(7), e.g. \"*-*-* 03:00:00\"")
+
+
+def load_config(root: Path = Path("/")) -> AgentConfig:
+    path = root / str(CONFIG).lstrip("/")
+    try:
+        return parse_config(path.read_text(), str(path))
+    except FileNotFoundError:
+        return AgentConfig()
+
+
+def generator_dropins(cfg: AgentConfig) -> dict[str, str]:
+    """Timer drop-ins (file name -> content) the generator writes."""
+    out = {"atomicedge-agent.timer.d/50-schedule.conf":
+           f"[Timer]\nOnCalendar={cfg.schedule}\nRandomizedDelaySec={cfg.splay}\n"}
+    if cfg.window is not None:
+        days = ",".join(_DAYNAMES[d] for d in cfg.window.days)
+        hh, mm = divmod(cfg.window.start_minute, 60)
+        out["atomicedge-apply.timer.d/50-window.conf"] = (
+            f"[Timer]\nOnCalendar=\nOnCalendar={days} *-*-* {hh:02d}:{mm:02d}:00 UTC\n")
+    return out
+
+
+def write_generator(outdir: Path, cfg: AgentConfig) -> None:
+    for rel, text in generator_dropins(cfg).items():
+        p = outdir / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+
+
+def tick(sysroot: Sysroot, cfg: AgentConfig, now: dt.datetime,
+         reboot: bool = True) -> AgentDecision:
+    """One agent run: look for an update, decide, act, record the state."""
+    osname = ops.pick_osname(sysroot)
+    if cfg.policy == "none":
+        return decide_agent(AgentFacts("none", "", None), now)
+    deps = sysroot.deployments()
+    booted = sysroot.booted(deps) or (deps[0] if deps else None)
+    _base, origin, avail = ops.check_update(sysroot, osname)
+    staged = dp.read_staged(sysroot)
+    env = GrubEnv(sysroot.grubenv_path).read()
+    facts = AgentFacts(cfg.policy, booted.csum if booted else "", avail,
+                       staged.csum if staged else None,
+                       frozenset(ops.read_denylist(sysroot, osname)),
+                       env.get("boot_success", "1") == "1" and "boot_counter" not in env,
+                       cfg.window)
+    decision = decide_agent(facts, now)
+    if decision.action in (Action.STAGE, Action.APPLY) and (not staged or staged.csum != avail):
+        ops.apply_commit(sysroot, osname, avail, origin)
+    _save_state(sysroot, osname, cfg, decision, avail, now)
+    if decision.action is Action.APPLY and reboot and sysroot.booted() is not None:
+        subprocess.run(["systemctl", "reboot", "--no-block"], check=False)
+    return decision
+
+
+def _save_state(sysroot: Sysroot, osname: str, cfg: AgentConfig, d: AgentDecision,
+                avail: str | None, now: dt.datetime) -> None:
+    base = ops.var_lib(sysroot, osname)
+    base.mkdir(parents=True, exist_ok=True)
+    state = {"policy": cfg.policy, "last-run": now.isoformat(), "action": d.action.value,
+             "reason": d.reason,
+             "cached-update": {"checksum": avail} if avail else None}
+    atomic_write(base / "agent-state.json", json.dumps(state, indent=1) + "\n")

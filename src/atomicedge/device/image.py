@@ -1,0 +1,54 @@
+"""Put the device agent into an OS tree: units, timers, generator, CLI wrapper, defaults.
+
+The image builder calls :func:`install_device_files` on the tree it is about to commit (the
+test trees do the same), so every image carries the finalize unit, the health-check unit,
+the agent timers and ``/usr/etc/atomicedge/agent.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+UNITS_DIR = Path(__file__).parent / "units"
+UNITS = ("atomicedge-finalize-staged.service", "atomicedge-healthcheck.service",
+         "atomicedge-agent.service", "atomicedge-agent.timer", "atomicedge-apply.timer")
+ENABLE = {"atomicedge-finalize-staged.service": "multi-user.target",
+          "atomicedge-healthcheck.service": "multi-user.target",
+          "atomicedge-agent.timer": "timers.target",
+          "atomicedge-apply.timer": "timers.target"}
+
+
+def install_device_files(tree: Path, agent_toml: str | None = None) -> None:
+    """Install into ``tree`` (an ostree-style tree: config defaults live in ``usr/etc``)."""
+    sysd = tree / "usr" / "lib" / "systemd" / "system"
+    sysd.mkdir(parents=True, exist_ok=True)
+    for unit in UNITS:
+        shutil.copyfile(UNITS_DIR / unit, sysd / unit)
+        os.chmod(sysd / unit, 0o644)
+    for unit, target in ENABLE.items():
+        wants = sysd / f"{target}.wants"
+        wants.mkdir(exist_ok=True)
+        link = wants / unit
+        if not link.is_symlink():
+            os.symlink(f"../{unit}", link)
+    gen = tree / "usr" / "lib" / "systemd" / "system-generators"
+    gen.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(UNITS_DIR / "atomicedge-generator.sh", gen / "atomicedge-generator")
+    os.chmod(gen / "atomicedge-generator", 0o755)
+    wrapper = tree / "usr" / "bin" / "atomicedge"
+    shutil.copyfile(UNITS_DIR / "atomicedge.sh", wrapper)
+    os.chmod(wrapper, 0o755)
+    for d in ("python", "site"):
+        (tree / "usr" / "lib" / "atomicedge" / d).mkdir(parents=True, exist_ok=True)
+    etc = tree / "usr" / "etc" if (tree / "usr" / "etc").is_dir() else tree / "etc"
+    (etc / "atomicedge").mkdir(parents=True, exist_ok=True)
+    toml = agent_toml if agent_toml is not None else (UNITS_DIR / "agent.toml").read_text()
+    (etc / "atomicedge" / "agent.toml").write_text(toml)
+    for sub in ("check/required.d", "check/wanted.d", "green.d", "red.d"):
+        (etc / "greenboot" / sub).mkdir(parents=True, exist_ok=True)
+        (tree / "usr" / "lib" / "greenboot" / sub).mkdir(parents=True, exist_ok=True)
+    (tree / "usr" / "lib" / "motd.d").mkdir(parents=True, exist_ok=True)
+    (tree / "usr" / "lib" / "motd.d" / "boot-status").write_text(
+        "Boot Status is INDETERMINATE - health checks have not finished\n")
