@@ -1,0 +1,211 @@
+"""CLI of the image builder: ``compose build``, ``blueprints validate|depsolve``, ``packages
+search`` and the ``repo packages`` verb (package list / diff of commits).
+
+Handlers only translate arguments into library calls (atomicedge.compose.*) and print; every
+error is a typed exception that main() turns into one ``error:`` message and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+
+from atomicedge.compose import build as build_mod
+from atomicedge.compose import depsolve as ds
+from atomicedge.compose import pkgdb
+from atomicedge.compose.apt import AptState, Sources, host_arch
+from atomicedge.compose.blueprint import DEFAULT_DISTRO, DISTROS
+from atomicedge.compose.cache import default_root
+from atomicedge.compose.validate import load
+from atomicedge.errors import NotFoundError, UsageError
+from atomicedge.store.repo import Repo
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class RichSteps(build_mod.Steps):
+    """Each compose step named and timed on the terminal."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def started(self, name: str) -> None:
+        self.console.print(f"[dim]…[/dim] {name}")
+
+    def finished(self, name: str, seconds: float) -> None:
+        self.console.print(f"[green]✓[/green] {name} [dim]{seconds:.2f} s[/dim]")
+
+    def note(self, text: str) -> None:
+        self.console.print(f"[cyan]•[/cyan] {text}")
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--mirror", metavar="URL", help="Debian mirror (default: the machine's sources)")
+    g.add_argument("--offline-repo", metavar="DIR", type=Path,
+                   help="flat local apt repository (Packages + Release), no network")
+    p.add_argument("--profile", default="edge", choices=ds.PROFILES,
+                   help="edge (bootable, default) or test (minbase only, not bootable)")
+
+
+def sources_from_args(args: argparse.Namespace, distro: str = DEFAULT_DISTRO) -> Sources:
+    if getattr(args, "offline_repo", None):
+        if not args.offline_repo.is_dir():
+            raise NotFoundError(f"--offline-repo {args.offline_repo} is not a directory")
+        return Sources.offline(args.offline_repo)
+    if getattr(args, "mirror", None):
+        return Sources.mirror(args.mirror, DISTROS[distro][0])
+    return Sources.host()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compose", help="build images from blueprints")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB")
+    b = verbs.add_parser("build", help="blueprint -> OSTree commit (edge-commit)")
+    b.add_argument("blueprint", type=Path, metavar="BLUEPRINT.toml")
+    b.add_argument("--type", dest="image_type", default="edge-commit",
+                   help="image type (edge-commit)")
+    b.add_argument("--repo", type=Path, help="OSTree repo to commit into (created if missing)")
+    b.add_argument("--ref", help="branch (default debian/12/<arch>/edge)")
+    pg = b.add_mutually_exclusive_group()
+    pg.add_argument("--parent", metavar="COMMIT", help="parent commit or ref")
+    pg.add_argument("--url", metavar="URL", help="repo whose refs/heads/<ref> is the parent")
+    b.add_argument("--output", type=Path, metavar="FILE.tar", help="write the edge-commit tar")
+    b.add_argument("--no-cache", action="store_true", help="rebuild the package tree")
+    _add_source_args(b)
+    b.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("blueprints", help="check blueprints")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB")
+    v = verbs.add_parser("validate", help="validate blueprint files (no network)")
+    v.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    v.set_defaults(func=cmd_validate)
+    d = verbs.add_parser("depsolve", help="list the packages a blueprint resolves to")
+    d.add_argument("file", type=Path, metavar="FILE")
+    d.add_argument("--json", action="store_true")
+    _add_source_args(d)
+    d.set_defaults(func=cmd_depsolve)
+
+    p = sub.add_parser("packages", help="search the package sources")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB")
+    s = verbs.add_parser("search", help="packages whose name matches (glob or substring)")
+    s.add_argument("name")
+    _add_source_args(s)
+    s.set_defaults(func=cmd_search)
+
+
+def register_repo_verbs(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("packages", help="list packages of a commit, or --diff two commits")
+    p.add_argument("--repo", required=True, type=Path, metavar="PATH", help="repository directory")
+    p.add_argument("rev", nargs="?", metavar="REV")
+    p.add_argument("--diff", nargs=2, metavar=("A", "B"), help="added/removed/upgraded A -> B")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_repo_packages)
+
+
+def _open_or_init(path: Path) -> Repo:
+    if (path / "config").exists():
+        return Repo.open(path)
+    if path.exists() and any(path.iterdir()):
+        raise UsageError(f"{path} exists and is not an OSTree repository",
+                         "pass an empty or new directory")
+    err.print(f"[dim]creating archive repository {path}[/dim]")
+    return Repo.init(path, mode="archive")
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    bp = load(args.blueprint)
+    sources = sources_from_args(args, bp.distro)
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if args.repo is None:
+        tmp = tempfile.TemporaryDirectory(prefix="atomicedge-compose-")
+        repo_path = Path(tmp.name) / "repo"
+        output = args.output or Path(f"{bp.name}-{bp.version}-edge-commit.tar")
+    else:
+        repo_path, output = args.repo, args.output
+    try:
+        repo = _open_or_init(repo_path)
+        req = build_mod.ComposeRequest(
+            bp, repo.path, sources, ref=args.ref, parent=args.parent, url=args.url,
+            profile=args.profile, image_type=args.image_type, use_cache=not args.no_cache)
+        steps = RichSteps(err)
+        res = build_mod.compose(req, steps)
+        if output:
+            with steps.step("edge-commit tar"):
+                build_mod.write_artifact(repo, res.ref, res.commit, output)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    print(f"commit {res.commit}")
+    out.print(f"ref {res.ref}  version {bp.version}  packages {res.packages}  "
+              f"root tree {res.root_tree[:12]}  tree cache {'hit' if res.tree_cached else 'miss'}")
+    if output:
+        print(f"artifact {output}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    for path in args.files:
+        bp = load(path)
+        print(f"{path}: ok ({bp.name} {bp.version}, {len(bp.packages)} packages)")
+    return 0
+
+
+def cmd_depsolve(args: argparse.Namespace) -> int:
+    bp = load(args.file)
+    state = AptState(sources_from_args(args, bp.distro), default_root(), host_arch())
+    res = ds.depsolve(bp, state, args.profile)
+    if args.json:
+        out.print_json(json.dumps({"blueprint": bp.name, "packages": [
+            {"name": n, "version": v, "arch": a} for n, v, a in res.packages]}))
+        return 0
+    for name, version, arch in res.packages:
+        print(f"{name}\t{version}\t{arch}")
+    err.print(f"[dim]{len(res.packages)} packages[/dim]")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    state = AptState(sources_from_args(args), default_root(), host_arch())
+    found = ds.search(state, args.name)
+    if not found:
+        raise NotFoundError(f"no package matches {args.name!r}", "try a shorter name or a glob")
+    for name, version, summary in found:
+        print(f"{name}\t{version}\t{summary}")
+    return 0
+
+
+def cmd_repo_packages(args: argparse.Namespace) -> int:
+    repo = Repo.open(args.repo)
+    if args.diff:
+        d = pkgdb.diff(pkgdb.packages(repo, args.diff[0]), pkgdb.packages(repo, args.diff[1]))
+        if args.json:
+            out.print_json(json.dumps({
+                "added": [p.__dict__ for p in d.added], "removed": [p.__dict__ for p in d.removed],
+                "upgraded": [{"name": a.name, "from": a.version, "to": b.version}
+                             for a, b in d.upgraded]}))
+            return 0
+        for p in d.added:
+            out.print(f"[green]+ {p.name} {p.version}[/green]")
+        for p in d.removed:
+            out.print(f"[red]- {p.name} {p.version}[/red]")
+        for a, b in d.upgraded:
+            out.print(f"[yellow]~ {a.name} {a.version} -> {b.version}[/yellow]")
+        err.print(f"[dim]{len(d.added)} added, {len(d.removed)} removed, "
+                  f"{len(d.upgraded)} upgraded[/dim]")
+        return 0
+    if not args.rev:
+        raise UsageError("repo packages needs REV or --diff A B")
+    pkgs = pkgdb.packages(repo, args.rev)
+    if args.json:
+        out.print_json(json.dumps([p.__dict__ for p in sorted(pkgs.values())]))
+        return 0
+    for p in sorted(pkgs.values()):
+        print(f"{p.name}\t{p.version}\t{p.arch}")
+    return 0
