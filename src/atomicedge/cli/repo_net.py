@@ -15,7 +15,7 @@ from typing import Any
 from atomicedge.errors import NotFoundError, UsageError
 from atomicedge.store.repo import Repo
 
-Sub = argparse._SubParsersAction  # type: ignore[type-arg]
+Sub = argparse._SubParsersAction
 
 
 def _repo_arg(p: argparse.ArgumentParser) -> None:
