@@ -174,7 +174,9 @@ def prepare(sysroot: Sysroot, osname: str, csum: str, origin: Origin,
     faults.step("checkout-done")
     d.bootcsum = bootcsum_of(tmp)
     _install_kernel(sysroot, osname, tmp, d.bootcsum)
-    origin.write(ddir.with_name(f"{d.name}.origin"))
+    fresh = Origin.parse(origin.dump())
+    fresh.keyfile.remove_group(PIN_GROUP)  # pinning is per deployment, never inherited
+    fresh.write(ddir.with_name(f"{d.name}.origin"))
     faults.step("origin-written")
     os.rename(tmp, ddir)
     fsync_dir(ddir.parent)

@@ -64,7 +64,7 @@ def _host_python_dirs() -> tuple[Path, Path | None]:
 
 
 def nspawn_argv(sysroot: Sysroot, choice: bootloader.BootChoice, flag_file: Path,
-                extra_args: list[str]) -> list[str]:
+                extra_args: list[str], binds: tuple[Path, ...] = ()) -> list[str]:
     ddir = choice.deployment_dir
     osname = ddir.parent.parent.name
     var = sysroot.stateroot(osname) / "var"
@@ -76,17 +76,18 @@ def nspawn_argv(sysroot: Sysroot, choice: bootloader.BootChoice, flag_file: Path
             f"--bind-ro={src}:/usr/lib/atomicedge/python"]
     if site is not None:
         argv.append(f"--bind-ro={site}:/usr/lib/atomicedge/site")
+    argv += [f"--bind-ro={p.resolve()}" for p in binds]  # e.g. a file:// update repo
     argv += ["-b", "--", *extra_args]
     return argv
 
 
 def boot_once(sysroot: Sysroot, number: int, timeout: float = 300.0,
-              extra_args: list[str] | None = None) -> BootRecord:
+              extra_args: list[str] | None = None, binds: tuple[Path, ...] = ()) -> BootRecord:
     choice = bootloader.select(sysroot)
     with tempfile.NamedTemporaryFile("w", prefix="ostree-booted.", delete=False) as f:
         f.write(" ".join(choice.entry.options) + "\n")
         flag = Path(f.name)
-    argv = nspawn_argv(sysroot, choice, flag, extra_args or [])
+    argv = nspawn_argv(sysroot, choice, flag, extra_args or [], binds)
     log.debug("boot %d: %s", number, " ".join(argv))
     start = time.monotonic()
     try:
@@ -105,16 +106,17 @@ def boot_once(sysroot: Sysroot, number: int, timeout: float = 300.0,
         raise ToolError(f"systemd-nspawn failed with exit {proc.returncode}",
                         "see the console output", stderr=(proc.stdout + proc.stderr)[-4000:])
     return BootRecord(number, choice.index, choice.deployment_dir.name, choice.grubenv,
-                      proc.returncode, time.monotonic() - start, proc.stdout)
+                      proc.returncode, time.monotonic() - start,
+                      proc.stdout.replace("\r\n", "\n").replace("\n\n", "\n"))
 
 
 def run(sysroot: Sysroot, max_boots: int = 8, timeout: float = 300.0,
         on_boot: Callable[[BootRecord], None] | None = None,
-        extra_args: list[str] | None = None) -> BootRun:
+        extra_args: list[str] | None = None, binds: tuple[Path, ...] = ()) -> BootRun:
     """Boot, and boot again after each in-container reboot (at most ``max_boots``)."""
     result = BootRun()
     for n in range(1, max_boots + 1):
-        rec = boot_once(sysroot, n, timeout, extra_args)
+        rec = boot_once(sysroot, n, timeout, extra_args, binds)
         result.boots.append(rec)
         if on_boot:
             on_boot(rec)
