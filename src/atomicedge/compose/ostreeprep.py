@@ -93,9 +93,8 @@ def pkgdb(tree: Path) -> None:
 def machine_id(tree: Path) -> None:
     """Step 3."""
     mid = tree / "etc/machine-id"
-    if mid.exists() or mid.is_symlink():
-        mid.unlink()
-        mid.touch(mode=0o444)
+    mid.unlink(missing_ok=True)
+    mid.touch(mode=0o444)  # empty, not absent: systemd then treats the boot as the first one
     (tree / "var/lib/dbus/machine-id").unlink(missing_ok=True)
     keys = sorted((tree / "etc/ssh").glob("ssh_host_*")) if (tree / "etc/ssh").is_dir() else []
     for key in keys:
