@@ -77,7 +77,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         res["grubenv"].append(GrubEnv(sysroot.grubenv_path).read())
         res["ours"].append(our_status_ids(sysroot_path))
         res["ostree"].append(ostree_status_ids(sysroot_path))
-        if rec.number == 2:
+        if rec.number == 1:
             d0 = sysroot.deployments()[0]
             etc = sysroot.deployment_dir(d0) / "etc"
             res["etc2"] = {p: (etc / p).read_text() if (etc / p).exists() else None

@@ -35,7 +35,7 @@ def _ostree(*args: str) -> str:
 def installed(tmp_path: Path) -> tuple[Path, Repo, list[str]]:
     src = Repo.init(tmp_path / "src", "archive")
     v1 = commit_tiny(src, tmp_path, "1")
-    rc, out, err = _cli("device", "install", "--sysroot", str(tmp_path / "s"), "--osname",
+    rc, _out, err = _cli("device", "install", "--sysroot", str(tmp_path / "s"), "--osname",
                         "testos", "--url", f"file://{tmp_path}/src", "--ref", "testos/stable",
                         "--karg", "root=LABEL=root", "--karg", "rw")
     assert rc == 0, err
@@ -182,7 +182,7 @@ def test_pin_keeps_a_deployment_through_upgrades(
         assert _cli("device", "upgrade", "--sysroot", str(s))[0] == 0
     ids = our_status_ids(s)
     assert len(ids) == 3 and commits[0] in ids[-1] and ids == ostree_status_ids(s)
-    rc, out, _ = _cli("device", "status", "--json", "--sysroot", str(s))
+    _rc, out, _ = _cli("device", "status", "--json", "--sysroot", str(s))
     import json
     deps = json.loads(out)["deployments"]
     assert [d["pinned"] for d in deps] == [False, False, True]
