@@ -1,0 +1,95 @@
+"""Deploy benchmark: our deploy vs ``ostree admin deploy`` of the same commit, and the time
+of a full failed-update cycle (3 bad boots + fallback) under systemd-nspawn.
+
+Usage: .venv/bin/python bench/deploy.py [--skip-cycle]
+Trees: the cached mmdebstrap lab tree (systemd, dbus, python3; ~200 MB) as v1 and v2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from atomicedge.device import deploy as dp  # noqa: E402
+from atomicedge.device import nspawn, ops, testtree  # noqa: E402
+from atomicedge.device import sysroot as sr  # noqa: E402
+from atomicedge.device.origin import Origin  # noqa: E402
+from atomicedge.store.repo import Repo  # noqa: E402
+
+REF = "edge/stable"
+
+
+def _deploy_compare(w: Path, runs: int) -> dict[str, float]:
+    s = sr.init_fs(w / "base")
+    sr.os_init(s, "edge")
+    v1 = testtree.lab_commit(s.repo, w, "1.0", REF)
+    dp.deploy(s, "edge", v1, Origin.new(REF), ["rw"])
+    v2 = testtree.lab_commit(s.repo, w, "2.0", REF)
+    ours, theirs = [], []
+    for i in range(runs):
+        for who in ("ours", "ostree"):
+            dest = w / f"{who}-{i}"
+            subprocess.run(["cp", "-a", str(w / "base"), str(dest)], check=True)
+            subprocess.run(["sync"], check=True)
+            t = time.perf_counter()
+            if who == "ours":
+                sysroot = sr.Sysroot.open(dest)
+                dp.deploy(sysroot, "edge", v2, Origin.new(REF))
+                dp.cleanup(sysroot)
+                ours.append(time.perf_counter() - t)
+            else:
+                subprocess.run(["ostree", "admin", f"--sysroot={dest}", "deploy", "--os=edge",
+                                REF], check=True, capture_output=True)
+                theirs.append(time.perf_counter() - t)
+            shutil.rmtree(dest)
+    o, t2 = min(ours), min(theirs)
+    return {"ours_s": round(o, 3), "ostree_s": round(t2, 3), "ratio": round(o / t2, 2)}
+
+
+def _failed_cycle(w: Path) -> dict[str, float]:
+    repo = Repo.init(w / "repo", "archive")
+    testtree.lab_commit(repo, w, "1.0", REF)
+    ops.install(w / "dev", "edge", f"file://{w}/repo", REF)
+    sysroot = ops.open_sysroot(str(w / "dev"))
+    testtree.lab_commit(repo, w, "2.0-bad", REF)
+    lab = sysroot.stateroot("edge") / "var/lib/atomicedge-lab"
+    lab.mkdir(parents=True)
+    (lab / "next.sh").write_text("#!/bin/sh\n/usr/bin/atomicedge device upgrade\n"
+                                 "systemctl reboot --no-block\n")
+    t = time.perf_counter()
+    run = nspawn.run(sysroot, max_boots=6, timeout=180, binds=(w / "repo",))
+    total = time.perf_counter() - t
+    per_boot = [round(b.seconds, 2) for b in run.boots]
+    return {"boots": len(run.boots), "cycle_s": round(total, 1),
+            "bad_boots_plus_fallback_s": round(sum(b.seconds for b in run.boots[1:]), 1),
+            "per_boot_s": per_boot}  # type: ignore[dict-item]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--skip-cycle", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-deploy-", dir="/var/tmp") as tmp:
+        w = Path(tmp)
+        res = _deploy_compare(w / "cmp", args.runs) if (w / "cmp").mkdir() is None else {}
+        print(f"deploy v2 (best of {args.runs}): ours {res['ours_s']} s, "
+              f"ostree admin deploy {res['ostree_s']} s, ratio {res['ratio']}x (target <= 1.0)")
+        if not args.skip_cycle:
+            (w / "cyc").mkdir()
+            c = _failed_cycle(w / "cyc")
+            print(f"failed-update cycle under nspawn: {c['boots']} boots "
+                  f"(good boot + 3 bad + fallback) in {c['cycle_s']} s; "
+                  f"bad boots + fallback {c['bad_boots_plus_fallback_s']} s; "
+                  f"per boot {c['per_boot_s']}")
+
+
+if __name__ == "__main__":
+    main()
