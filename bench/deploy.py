@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from atomicedge.device import deploy as dp  # noqa: E402
-from atomicedge.device import nspawn, ops, testtree  # noqa: E402
-from atomicedge.device import sysroot as sr  # noqa: E402
-from atomicedge.device.origin import Origin  # noqa: E402
-from atomicedge.store.repo import Repo  # noqa: E402
+from atomicedge.device import deploy as dp
+from atomicedge.device import nspawn, ops, testtree
+from atomicedge.device import sysroot as sr
+from atomicedge.device.origin import Origin
+from atomicedge.store.repo import Repo
 
 REF = "edge/stable"
 
