@@ -174,6 +174,8 @@ def _check_request(req: ComposeRequest, repo: Repo, ref: str) -> str | None:
     validate_ref(ref)
     if req.parent and req.url:
         raise UsageError("--parent and --url are exclusive", "--url resolves the parent itself")
+    if req.parent == "none":
+        return None
     if req.parent:
         return repo.resolve_rev(req.parent)
     if req.url:
