@@ -26,7 +26,7 @@ EXTENSIONS = ("atomicedge.cli.repo_net", "atomicedge.cli.compose")
 err = Console(stderr=True)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("repo", help="OSTree-format repository (ostree's verbs)")
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
     _add_basic_verbs(verbs)
@@ -47,7 +47,7 @@ def add_repo_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", required=True, metavar="PATH", help="repository directory")
 
 
-def _add_basic_verbs(verbs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_basic_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = verbs.add_parser("init", help="create a repository")
     add_repo_arg(p)
     p.add_argument("--mode", default="bare", help="archive | bare | bare-user (default bare)")
@@ -103,7 +103,7 @@ def _add_basic_verbs(verbs: argparse._SubParsersAction) -> None:  # type: ignore
     p.set_defaults(func=cmd_prune)
 
 
-def _add_read_verbs(verbs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_read_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = verbs.add_parser("log", help="history of a ref")
     add_repo_arg(p)
     p.add_argument("--json", action="store_true")

@@ -151,14 +151,14 @@ class _Checkout:
                 st = os.lstat(path)
             except FileNotFoundError:
                 raise NotFoundError(f"content object {csum} is missing") from None
-            if stat.S_ISLNK(st.st_mode) or st.st_size > 0:
-                if self.repo.mode == "bare" or not self._is_user_symlink(path):
-                    try:
-                        os.link(path, name, dst_dir_fd=dir_fd, follow_symlinks=False)
-                        return
-                    except OSError as exc:
-                        if exc.errno not in (errno.EMLINK, errno.EXDEV):
-                            raise
+            linkable = stat.S_ISLNK(st.st_mode) or st.st_size > 0
+            if linkable and (self.repo.mode == "bare" or not self._is_user_symlink(path)):
+                try:
+                    os.link(path, name, dst_dir_fd=dir_fd, follow_symlinks=False)
+                    return
+                except OSError as exc:
+                    if exc.errno not in (errno.EMLINK, errno.EXDEV):
+                        raise
         header, content = load_content(self.repo, csum)
         self._write_file(dir_fd, name, header, content)
 

@@ -7,18 +7,20 @@ are known. Objects already in the repository are never rewritten.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import stat
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from atomicedge.errors import NotFoundError, UsageError
 from atomicedge.store import objects as ob
+from atomicedge.store.content import write_object_file
 from atomicedge.store.gvariant import Variant
 from atomicedge.store.objects import Commit, DirMeta, DirTree, FileHeader, ObjectType
 from atomicedge.store.repo import Repo, read_xattrs
@@ -143,13 +145,20 @@ class _TreeWriter:
         dirs: list[_Dir] = []
         top = self._scan(str(root), dirs)
         jobs = [(d, name, path) for d in dirs for name, path in d.pending]
-        workers = max(2, min(8, (os.cpu_count() or 2) * 2))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            chunk = max(1, len(jobs) // (workers * 8))
-            batches = [jobs[i:i + chunk] for i in range(0, len(jobs), chunk)]
-            for results in pool.map(self._write_batch, batches):
-                for d, name, csum in results:
-                    d.files[name] = csum
+        ctx = _WorkerContext(self.repo.mode, str(self.tx.staging), str(self.repo.objects),
+                             self.tx.level, self.opts.xattrs, self.opts.generate_sizes)
+        paths = [path for _d, _n, path in jobs]
+        results = _run_jobs(ctx, paths)
+        for (d, name, _p), (csum, staged, archived, unpacked) in zip(jobs, results, strict=True):
+            d.files[name] = csum
+            if staged:
+                self.tx._add(csum, ObjectType.FILE, staged)
+            if self.opts.generate_sizes:
+                self.sizes[csum] = (archived, unpacked, ObjectType.FILE)
+            self.done_files += 1
+            self.done_bytes += unpacked
+            if self.progress and self.done_files % 256 == 0:
+                self.progress(self.done_files, self.done_bytes)
         return self._write_dirs(top)
 
     def _scan(self, path: str, acc: list[_Dir]) -> _Dir:
@@ -172,45 +181,9 @@ class _TreeWriter:
     def _xattrs(self, path: str) -> ob.Xattrs:
         return read_xattrs(path) if self.opts.xattrs else ()
 
-    def _write_batch(self, batch: list[tuple[_Dir, str, str]]) -> list[tuple[_Dir, str, str]]:
-        out = []
-        for d, name, path in batch:
-            out.append((d, name, self._write_file(path)))
-        return out
-
-    def _write_file(self, path: str) -> str:
-        st = os.lstat(path)
-        xattrs = self._xattrs(path)
-        if stat.S_ISLNK(st.st_mode):
-            h = FileHeader(st.st_uid, st.st_gid, st.st_mode, os.readlink(path), xattrs)
-            content = b""
-        else:
-            h = FileHeader(st.st_uid, st.st_gid, st.st_mode, "", xattrs)
-            with open(path, "rb") as f:
-                content = f.read()
-        csum = ob.content_checksum(h, content)
-        self.tx.write_content_trusted(csum, h, content)
-        if self.opts.generate_sizes:
-            self._record_file_size(csum, h, content)
-        self.done_files += 1
-        self.done_bytes += len(content)
-        if self.progress and self.done_files % 256 == 0:
-            self.progress(self.done_files, self.done_bytes)
-        return csum
-
-    def _record_file_size(self, csum: str, h: FileHeader, content: bytes) -> None:
-        if self.repo.is_archive:
-            archived = os.lstat(self.repo.object_path(csum, ObjectType.FILE)
-                                if self.repo.has_object(csum, ObjectType.FILE)
-                                else self.tx._stage_path(csum, ObjectType.FILE)).st_size
-        else:
-            archived = len(content)
-        unpacked = len(h.symlink_target.encode()) if h.is_symlink else len(content)
-        self.sizes[csum] = (archived, unpacked, ObjectType.FILE)
-
     def _write_dirs(self, d: _Dir) -> tuple[str, str]:
         dirs = tuple((name, *self._write_dirs(sub)) for name, sub in d.subdirs.items())
-        tree = DirTree(tuple(d.files.items()), dirs)  # type: ignore[arg-type]
+        tree = DirTree(tuple(d.files.items()), dirs)
         tree_csum = self._meta(ObjectType.DIR_TREE, tree.encode())
         meta_csum = self._meta(ObjectType.DIR_META, d.meta.encode())
         return tree_csum, meta_csum
@@ -242,3 +215,86 @@ def _kind(path: str) -> str:
         if test(mode):
             return name
     return "special file"
+
+
+@dataclass(frozen=True)
+class _WorkerContext:
+    mode: str
+    staging: str
+    objects: str
+    level: int
+    xattrs: bool
+    sizes: bool
+
+
+_CTX: _WorkerContext | None = None
+_PARALLEL_MIN_FILES = 256
+
+
+def _run_jobs(ctx: _WorkerContext, paths: list[str]) -> list[tuple[str, str, int, int]]:
+    """Hash and stage every file; forked worker processes when there are many.
+
+    Processes, not threads: per-file work is dominated by Python bytecode between
+    syscalls, which the GIL would serialise on the 2-core machines we target.
+    """
+    global _CTX
+    _CTX = ctx
+    workers = os.cpu_count() or 1
+    if len(paths) < _PARALLEL_MIN_FILES or workers < 2:
+        return _stage_batch(paths)
+    chunk = max(64, len(paths) // (workers * 6))
+    batches = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+    fork = multiprocessing.get_context("fork")
+    parent = os.getpid()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=fork, initializer=_die_with_parent,
+                             initargs=(parent,)) as pool:
+        out: list[tuple[str, str, int, int]] = []
+        for res in pool.map(_stage_batch, batches):
+            out.extend(res)
+    return out
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker must not outlive a killed committer: it would hold the repo lock fd."""
+    import ctypes
+    import signal
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _stage_batch(paths: list[str]) -> list[tuple[str, str, int, int]]:
+    assert _CTX is not None
+    return [_stage_file(_CTX, p) for p in paths]
+
+
+def _stage_file(ctx: _WorkerContext, path: str) -> tuple[str, str, int, int]:
+    """(checksum, staged path or "" when the object exists, archived size, unpacked size)."""
+    st = os.lstat(path)
+    xattrs = read_xattrs(path) if ctx.xattrs else ()
+    if stat.S_ISLNK(st.st_mode):
+        h = FileHeader(st.st_uid, st.st_gid, st.st_mode, os.readlink(path), xattrs)
+        content = b""
+        unpacked = len(os.fsencode(h.symlink_target))
+    else:
+        h = FileHeader(st.st_uid, st.st_gid, st.st_mode, "", xattrs)
+        with open(path, "rb") as f:
+            content = f.read()
+        unpacked = len(content)
+    csum = ob.content_checksum(h, content)
+    ext = "filez" if ctx.mode == "archive" else "file"
+    final = f"{ctx.objects}/{csum[:2]}/{csum[2:]}.{ext}"
+    staged = f"{ctx.staging}/{csum}.file"
+    if os.path.lexists(final):
+        return csum, "", _archived_size(ctx, final, unpacked), unpacked
+    try:
+        write_object_file(ctx.mode, staged, h, content, ctx.level)
+    except FileExistsError:  # the same content twice in this commit
+        return csum, "", _archived_size(ctx, staged, unpacked), unpacked
+    return csum, staged, _archived_size(ctx, staged, unpacked), unpacked
+
+
+def _archived_size(ctx: _WorkerContext, path: str, unpacked: int) -> int:
+    if not ctx.sizes or ctx.mode != "archive":
+        return unpacked
+    return os.lstat(path).st_size

@@ -81,7 +81,7 @@ def fsck(repo: Repo, progress: Callable[[int, int], None] | None = None) -> Fsck
         done = 0
         with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
             for (csum, objtype), why in zip(loose, pool.map(lambda o: verify_object(repo, *o),
-                                                            loose, chunksize=64)):
+                                                            loose, chunksize=64), strict=False):
                 done += 1
                 if why:
                     report.corrupt.append((csum, objtype.ext, why))

@@ -13,7 +13,7 @@ byte-identical), ``mT`` -> value or None, tuples -> tuple, ``v`` -> :class:`Vari
 from __future__ import annotations
 
 import struct
-from functools import lru_cache
+from functools import cache
 from typing import Any, NamedTuple
 
 from atomicedge.errors import FormatError
@@ -63,7 +63,7 @@ def _first_type(sig: str, pos: int = 0) -> int:
     raise GVariantError(f"invalid type character {c!r} in {sig!r}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def children(sig: str) -> tuple[str, ...]:
     """Member types of a tuple or dict-entry type string."""
     out = []
@@ -75,7 +75,7 @@ def children(sig: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def is_valid_type(sig: str) -> bool:
     try:
         return _first_type(sig) == len(sig)
@@ -83,7 +83,7 @@ def is_valid_type(sig: str) -> bool:
         return False
 
 
-@lru_cache(maxsize=None)
+@cache
 def type_info(sig: str) -> tuple[int, int | None]:
     """(alignment, fixed size or None) of a type string."""
     c = sig[0]
@@ -100,10 +100,10 @@ def type_info(sig: str) -> tuple[int, int | None]:
     align = max([1] + [type_info(k)[0] for k in kids])
     off = 0
     for k in kids:
-        a, size = type_info(k)
-        if size is None:
+        a, ksize = type_info(k)
+        if ksize is None:
             return align, None
-        off = -(-off // a) * a + size
+        off = -(-off // a) * a + ksize
     if not kids:
         return 1, 1
     return align, -(-off // align) * align
@@ -196,7 +196,7 @@ def _encode_tuple(sig: str, value: Any) -> bytes:
     buf = bytearray()
     ends = []
     last = len(kids) - 1
-    for i, (k, item) in enumerate(zip(kids, value)):
+    for i, (k, item) in enumerate(zip(kids, value, strict=False)):
         buf += b"\0" * (-len(buf) % type_info(k)[0])
         buf += _encode(k, item)
         if i != last and type_info(k)[1] is None:

@@ -44,7 +44,7 @@ class KeyFile:
         return cls.parse(text, source=str(path))
 
     def dump(self) -> str:
-        out = []
+        out: list[str] = []
         for name, keys in self.groups.items():
             if out:
                 out.append("")

@@ -78,6 +78,7 @@ class Repo:
         self.config = config
         self.mode = normalize_mode(config.get("core", "mode") or "bare")
         self.objects = path / "objects"
+        self._objects_str = str(self.objects)
         self._lock_fd: int | None = None
         self._lock_depth = 0
         self._lock_exclusive = False
@@ -162,13 +163,15 @@ class Repo:
     # -- objects -----------------------------------------------------------------------
 
     def object_path(self, csum: str, objtype: ObjectType) -> Path:
-        ext = objtype.ext
-        if objtype == ObjectType.FILE and self.is_archive:
-            ext = "filez"
-        return self.objects / csum[:2] / f"{csum[2:]}.{ext}"
+        return Path(self.object_path_str(csum, objtype))
+
+    def object_path_str(self, csum: str, objtype: ObjectType) -> str:
+        """String form for hot loops (pathlib costs more than the syscall it wraps)."""
+        ext = "filez" if objtype == ObjectType.FILE and self.is_archive else objtype.ext
+        return f"{self._objects_str}/{csum[:2]}/{csum[2:]}.{ext}"
 
     def has_object(self, csum: str, objtype: ObjectType) -> bool:
-        return os.path.lexists(self.object_path(csum, objtype))
+        return os.path.lexists(self.object_path_str(csum, objtype))
 
     def read_metadata_bytes(self, csum: str, objtype: ObjectType, *,
                             verify: bool = False) -> bytes:

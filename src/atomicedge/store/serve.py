@@ -60,6 +60,34 @@ def safe_path(root: Path, url_path: str) -> Path | None:
     return real if real.is_file() else None
 
 
+_CONDITIONAL = ("Range", "If-None-Match", "If-Modified-Since", "If-Match",
+                "If-Unmodified-Since", "If-Range")
+SMALL_FILE = 128 * 1024
+
+
+def _small_file_response(request: web.Request, path: Path) -> web.Response | None:
+    """Plain GET/HEAD of a small object: one read, no executor hops (most pull requests).
+
+    Anything conditional or ranged goes to FileResponse, which implements those rules; the
+    validators sent here are the ones FileResponse would send, so caches see one resource.
+    """
+    if any(h in request.headers for h in _CONDITIONAL):
+        return None
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if st.st_size > SMALL_FILE:
+                return None
+            body = f.read()
+    except OSError:
+        return None
+    resp = web.Response(body=body, content_type="application/octet-stream")
+    resp.headers["ETag"] = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+    resp.last_modified = st.st_mtime
+    resp.headers["Accept-Ranges"] = "bytes"
+    return resp
+
+
 def make_app(root: Path, stats: ServeStats, *, quiet: bool = False) -> web.Application:
     root = root.resolve()
 
@@ -69,6 +97,9 @@ def make_app(root: Path, stats: ServeStats, *, quiet: bool = False) -> web.Appli
         path = safe_path(root, request.path)
         if path is None:
             return web.Response(status=404, text="not found\n")
+        fast = _small_file_response(request, path)
+        if fast is not None:
+            return fast
         return web.FileResponse(path, chunk_size=256 * 1024)
 
     app = web.Application()
@@ -129,7 +160,7 @@ class Server:
         await site.start()
         server = site._server
         if self.port == 0 and server is not None:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     def start(self) -> Server:
         self._loop.run_until_complete(self._start())

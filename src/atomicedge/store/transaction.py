@@ -153,16 +153,16 @@ class Transaction:
             if prefix not in self._made_dirs:
                 (objdir / prefix).mkdir(exist_ok=True)
                 self._made_dirs.add(prefix)
-            os.rename(src, self.repo.object_path(csum, objtype))
+            os.rename(src, self.repo.object_path_str(csum, objtype))
         self.written += len(self._pending)
         if self._pending and self.fsync:
             syncfs(objdir)  # covers the renames' directory entries too
         self._pending.clear()
-        for ref, csum in self._refs.items():
+        for ref, target in self._refs.items():
             step += 1
             if step == crash_at:
                 os._exit(137)
-            self.repo.set_ref(ref, csum)
+            self.repo.set_ref(ref, target)
         self._refs.clear()
 
 

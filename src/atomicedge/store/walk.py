@@ -85,13 +85,13 @@ def lookup(repo: Repo, commit: str, path: str) -> Entry:
 
 
 def iter_tree(repo: Repo, entry: Entry, recursive: bool = True) -> Iterator[Entry]:
-    """Children of a directory entry in ostree's listing order (dirs+files by name)."""
+    """Children of a directory entry in ostree's listing order: files, then directories."""
     tree = repo.load_dirtree(entry.csum)
     base = entry.path.rstrip("/")
-    items: list[tuple[str, Entry]] = [(n, Entry(f"{base}/{n}", False, f)) for n, f in tree.files]
-    items += [(n, Entry(f"{base}/{n}", True, t, m)) for n, t, m in tree.dirs]
-    items.sort(key=lambda x: x[0].encode())
-    for _n, e in items:
-        yield e
-        if recursive and e.is_dir:
-            yield from iter_tree(repo, e, True)
+    for n, f in tree.files:
+        yield Entry(f"{base}/{n}", False, f)
+    for n, t, m in tree.dirs:
+        sub = Entry(f"{base}/{n}", True, t, m)
+        yield sub
+        if recursive:
+            yield from iter_tree(repo, sub, True)
