@@ -24,7 +24,7 @@ from atomicedge.errors import FormatError, NotFoundError, UsageError
 from atomicedge.fsutil import atomic_write
 from atomicedge.store import delta_format as df
 from atomicedge.store import objects as ob
-from atomicedge.store.delta_apply import apply_part, bsdiff_stream
+from atomicedge.store.delta_apply import bsdiff_stream, decode_part, run_part
 from atomicedge.store.gvariant import Variant
 from atomicedge.store.objects import FileHeader, ObjectType
 from atomicedge.store.repo import Repo
@@ -315,11 +315,17 @@ def apply_offline(repo: Repo, superblock_path: Path) -> str:
     detached = sb.detached_meta(relpath)
     if detached:
         repo.write_detached_metadata(sb.to_csum, detached)
-    for i, header in enumerate(sb.parts):
+    def load(item: tuple[int, df.PartHeader]) -> df.PartPayload:
+        i, header = item
         data = sb.inline_part(relpath, i)
         if data is None:
             data = (superblock_path.parent / str(i)).read_bytes()
-        with repo.transaction() as tx:
-            apply_part(repo, tx, data, header)
+        return decode_part(data, header)
+
+    items = list(enumerate(sb.parts))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for (_i, header), payload in zip(items, pool.map(load, items), strict=True):
+            with repo.transaction() as tx:
+                run_part(repo, tx, payload, header)
     state.unlink(missing_ok=True)
     return sb.to_csum

@@ -217,13 +217,17 @@ class PartRunner:
         return self._finish_content(csum, h, data)
 
 
-def apply_part(repo: Repo, tx: Any, part_file: bytes, header: df.PartHeader,
-               *, check_digest: bool = True) -> int:
-    """Verify, decompress and execute one part into transaction ``tx``; returns objects new."""
+def decode_part(part_file: bytes, header: df.PartHeader, *,
+                check_digest: bool = True) -> df.PartPayload:
+    """Verify and decompress a part (thread-safe, releases the GIL while inflating)."""
     if check_digest and hashlib.sha256(part_file).hexdigest() != header.checksum:
         raise CorruptionError(f"delta part {header.checksum} has a different checksum")
     cap = min(header.usize * 2 + (1 << 24), df.MAX_PART_UNCOMPRESSED)
-    payload = df.parse_part(df.decompress_part(part_file, cap))
+    return df.parse_part(df.decompress_part(part_file, cap))
+
+
+def run_part(repo: Repo, tx: Any, payload: df.PartPayload, header: df.PartHeader) -> int:
+    """Execute a decoded part into transaction ``tx``; returns the number of new objects."""
     written = 0
 
     def emit(objtype: ObjectType, csum: str, value: Any) -> None:
@@ -240,6 +244,13 @@ def apply_part(repo: Repo, tx: Any, part_file: bytes, header: df.PartHeader,
 
     PartRunner(repo, payload, header.objects).run(emit)
     return written
+
+
+def apply_part(repo: Repo, tx: Any, part_file: bytes, header: df.PartHeader,
+               *, check_digest: bool = True) -> int:
+    """Verify, decompress and execute one part into transaction ``tx``."""
+    return run_part(repo, tx, decode_part(part_file, header, check_digest=check_digest),
+                    header)
 
 
 def _validate_meta(objtype: ObjectType, data: bytes) -> None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from atomicedge.errors import CorruptionError, NotFoundError
 from atomicedge.store import delta_format as df
 from atomicedge.store import objects as ob
-from atomicedge.store.delta_apply import apply_part
+from atomicedge.store.delta_apply import decode_part, run_part
 from atomicedge.store.objects import ObjectType
 
 if TYPE_CHECKING:
@@ -113,21 +114,29 @@ def _apply(puller: Puller, ref: str, sb: df.Superblock, relpath: str) -> None:
     puller.stats.objects_total += sum(len(p.objects) for p in sb.parts) + len(fallbacks)
     if fallbacks:
         puller.fetch_objects(fallbacks)
-    for i, header in enumerate(sb.parts):
-        if all(puller.repo.has_object(c, t) for t, c in header.objects):
-            puller.stats.objects_done += len(header.objects)
-            continue
+    todo = [(i, h) for i, h in enumerate(sb.parts)
+            if not all(puller.repo.has_object(c, t) for t, c in h.objects)]
+    puller.stats.objects_done += sum(len(h.objects) for h in sb.parts) - sum(
+        len(h.objects) for _i, h in todo)
+
+    def fetch_decode(item: tuple[int, df.PartHeader]) -> df.PartPayload:
+        i, header = item
         part = sb.inline_part(relpath, i)
         if part is None:
-            def check(d: bytes, h: df.PartHeader = header) -> None:
-                if hashlib.sha256(d).hexdigest() != h.checksum:
+            def check(d: bytes) -> None:
+                if hashlib.sha256(d).hexdigest() != header.checksum:
                     raise CorruptionError("static delta part has the wrong checksum")
             part = puller.fetcher.fetch(f"{relpath}/{i}", max_size=header.size,
                                         validate=check)
             assert part is not None
-        with puller.repo.transaction() as tx:
-            apply_part(puller.repo, tx, part, header, check_digest=False)
-        puller.stats.delta_parts += 1
-        puller.stats.objects_done += len(header.objects)
-        puller.tick()
+        return decode_part(part, header, check_digest=False)
+
+    # parts download and inflate two at a time (xz drops the GIL); they run in order
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for (_i, header), payload in zip(todo, pool.map(fetch_decode, todo), strict=True):
+            with puller.repo.transaction() as tx:
+                run_part(puller.repo, tx, payload, header)
+            puller.stats.delta_parts += 1
+            puller.stats.objects_done += len(header.objects)
+            puller.tick()
     puller.pull_tree(sb.to_csum)
