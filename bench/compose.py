@@ -1,0 +1,103 @@
+"""Benchmark of the image builder (issue 4).
+
+1. cold compose of a minbase-sized blueprint (empty compose cache: apt update, depsolve,
+   mmdebstrap, customizations, OSTree preparation, commit into an archive repo)
+2. the bare pipeline on the same inputs: ``mmdebstrap --variant=minbase`` + the minimum
+   OSTree-ification (empty /dev etc., /etc -> /usr/etc) + ``ostree commit`` (archive repo)
+3. warm recompose of the unchanged blueprint (same repo: the input hash matches the parent)
+4. warm recompose into a fresh repo (tree cache hit, full customize + commit)
+
+Targets: cold / bare <= 1.1, warm recompose <= 2 s. Uses the machine's Debian mirror.
+Run: .venv/bin/python bench/compose.py [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from atomicedge.compose.apt import HOST_SOURCES, Sources
+from atomicedge.compose.build import ComposeRequest, compose
+from atomicedge.compose.mmdebstrap import remove_tree
+from atomicedge.compose.validate import parse_text
+from atomicedge.store.repo import Repo
+
+BLUEPRINT = '''
+name = "bench"
+version = "1.0.0"
+[customizations]
+hostname = "bench"
+[[customizations.user]]
+name = "admin"
+password = "bench"
+groups = ["sudo"]
+[[customizations.directories]]
+path = "/etc/bench"
+[[customizations.files]]
+path = "/etc/bench/app.conf"
+data = "x=1\\n"
+'''
+
+
+def bare_pipeline(work: Path) -> float:
+    tree, repo = work / "bare-tree", work / "bare-repo"
+    start = time.monotonic()
+    subprocess.run(["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
+                    "--aptopt=APT::Install-Recommends \"false\"", "bookworm", str(tree),
+                    str(HOST_SOURCES)], check=True)
+    for name in ("dev", "proc", "sys", "run", "tmp"):
+        shutil.rmtree(tree / name)
+        (tree / name).mkdir()
+    (tree / "etc").rename(tree / "usr/etc")
+    subprocess.run(["ostree", f"--repo={repo}", "init", "--mode=archive"], check=True)
+    subprocess.run(["ostree", f"--repo={repo}", "commit", "--branch=bench", str(tree)],
+                   check=True, capture_output=True)
+    seconds = time.monotonic() - start
+    remove_tree(tree)
+    return seconds
+
+
+def ours(work: Path, repo_name: str, cache: Path) -> tuple[float, bool, str]:
+    bp = parse_text(BLUEPRINT, "bench.toml")
+    repo_path = work / repo_name
+    if not (repo_path / "config").exists():
+        Repo.init(repo_path, mode="archive")
+    start = time.monotonic()
+    res = compose(ComposeRequest(bp, repo_path, Sources.host(), profile="test",
+                                 cache_root=cache))
+    return time.monotonic() - start, res.tree_cached, res.root_tree
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--keep", type=Path, help="work directory to keep (default: a temp dir)")
+    args = ap.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="bench-compose-", dir="/var/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / "cache"
+    try:
+        bare = bare_pipeline(work)
+        cold, cached, root1 = ours(work, "repo", cache)
+        assert not cached
+        warm_same, _, root2 = ours(work, "repo", cache)
+        warm_fresh, cached2, root3 = ours(work, "repo2", cache)
+        assert cached2 and root1 == root2 == root3
+    finally:
+        if args.keep is None:
+            remove_tree(work)
+    print(f"bare pipeline (mmdebstrap + ostree commit): {bare:7.2f} s")
+    print(f"cold compose (atomicedge):                  {cold:7.2f} s   "
+          f"ratio {cold / bare:.2f}x (target <= 1.10x)")
+    print(f"warm recompose, same repo (input hash):     {warm_same:7.2f} s   (target <= 2 s)")
+    print(f"warm recompose, fresh repo (tree cache):    {warm_fresh:7.2f} s")
+    print(f"root tree identical across the three composes: {root1[:16]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
