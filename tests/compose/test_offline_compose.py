@@ -259,3 +259,22 @@ def test_packages_list_and_diff_of_chained_commits(
     captured = capsys.readouterr()
     assert "+ edge-agent 1.0" in captured.out
     assert "1 added, 0 removed, 0 upgraded" in captured.err
+
+
+def test_unknown_package_is_reported_by_depsolve_with_line_and_nothing_is_built(
+        apt_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bp = tmp_path / "typo.toml"
+    bp.write_text('name = "gw"\nversion = "1.0.0"\n\n[[packages]]\nname = "edge-hello"\n\n'
+                  '[[packages]]\nname = "edge-helo"\n\n[[groups]]\nname = "no-such-task"\n')
+    os.environ["ATOMICEDGE_CACHE"] = str(tmp_path / "cache")
+    try:
+        rc = main(["compose", "build", str(bp), "--repo", str(tmp_path / "repo"),
+                   "--offline-repo", str(apt_repo), "--profile", "test"])
+    finally:
+        del os.environ["ATOMICEDGE_CACHE"]
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err
+    assert "line 8: packages[1].name: unknown package 'edge-helo'" in err
+    assert "line 11: groups[0].name:" in err and "(hint: " in err
+    assert not (tmp_path / "repo").exists()
+    assert not list((tmp_path / "cache/compose/trees").glob("*"))

@@ -109,14 +109,11 @@ def register_repo_verbs(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_repo_packages)
 
 
-def _open_or_init(path: Path) -> Repo:
-    if (path / "config").exists():
-        return Repo.open(path)
-    if path.exists() and any(path.iterdir()):
+def _check_repo_path(path: Path) -> None:
+    """The repo is opened, or created after depsolve, by the build; refuse a foreign dir now."""
+    if not (path / "config").exists() and path.exists() and any(path.iterdir()):
         raise UsageError(f"{path} exists and is not an OSTree repository",
                          "pass an empty or new directory")
-    err.print(f"[dim]creating archive repository {path}[/dim]")
-    return Repo.init(path, mode="archive")
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -130,12 +127,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     else:
         repo_path, output = args.repo, args.output
     try:
-        repo = _open_or_init(repo_path)
+        _check_repo_path(repo_path)
         req = build_mod.ComposeRequest(
-            bp, repo.path, sources, ref=args.ref, parent=args.parent, url=args.url,
+            bp, repo_path, sources, ref=args.ref, parent=args.parent, url=args.url,
             profile=args.profile, image_type=args.image_type, use_cache=not args.no_cache)
         steps = RichSteps(err)
         res = build_mod.compose(req, steps)
+        repo = Repo.open(repo_path)
         if output:
             with steps.step("edge-commit tar"):
                 build_mod.write_artifact(repo, res.ref, res.commit, output)

@@ -188,14 +188,21 @@ def compose(req: ComposeRequest, steps: Steps | None = None) -> ComposeResult:
     steps = steps or Steps()
     bp = req.blueprint
     arch = req.arch or host_arch()
-    repo = Repo.open(req.repo)
     ref = req.ref or default_ref(bp, arch)
     root = req.cache_root or cache_mod.default_root()
-    with steps.step("resolve parent"):
-        parent = _check_request(req, repo, ref)
+    # a missing repo is created only after depsolve: a bad blueprint writes nothing
+    repo = Repo.open(req.repo) if (req.repo / "config").exists() else None
+    parent = None
+    if repo is not None:
+        with steps.step("resolve parent"):
+            parent = _check_request(req, repo, ref)
     state = AptState(req.sources, root, arch)
     with steps.step("depsolve"):
         res = ds.depsolve(bp, state, req.profile)
+    if repo is None:
+        steps.note(f"creating archive repository {req.repo}")
+        repo = Repo.init(req.repo, mode="archive")
+        parent = _check_request(req, repo, ref)
     key = cache_mod.tree_key(bp.distro, bp.suite, arch, res)
     inhash = input_hash(key, bp)
     if parent and req.use_cache:
