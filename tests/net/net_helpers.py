@@ -48,3 +48,55 @@ def _mutate(root: Path, data: bytes) -> bytes:
     return data
 
 
+
+
+class StaticServer:
+    """A plain static HTTP server (``python3 -m http.server``) as a stand-in for nginx."""
+
+    def __init__(self, root: Path) -> None:
+        import socket
+        import sys
+        import time
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1",
+             "--directory", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("static server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> StaticServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def ostree_client(path: Path, url: str, *extra: str) -> Path:
+    """A bare-user repo made by the real ostree with remote ``origin`` -> ``url``."""
+    run("ostree", "init", f"--repo={path}", "--mode=bare-user")
+    run("ostree", f"--repo={path}", "remote", "add", *extra, "origin", url)
+    return path
+
+
+def ostree_commit(repo: Path, tree: Path, *extra: str) -> str:
+    run("ostree", f"--repo={repo}", "commit", "-b", "main", "--generate-sizes", *extra,
+        str(tree))
+    return run("ostree", f"--repo={repo}", "rev-parse", "main").stdout.strip()

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -154,7 +155,7 @@ class Server:
         app = make_app(self.root, self.stats, quiet=self.quiet)
         self._runner = web.AppRunner(app, access_log_class=_access_logger(self.stats,
                                                                           self.quiet),
-                                     handle_signals=False)
+                                     handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.bind, self.port, reuse_address=True)
         await site.start()
@@ -172,10 +173,14 @@ class Server:
         if self._thread is None:
             return
         fut = asyncio.run_coroutine_threadsafe(self._cleanup(), self._loop)
-        fut.result(timeout=10)
+        try:
+            fut.result(timeout=10)
+        except Exception as exc:  # a hung client must not keep the server alive
+            log.warning("server cleanup: %s", exc)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
-        self._loop.close()
+        if not self._thread.is_alive():
+            self._loop.close()
         self._thread = None
 
     async def _cleanup(self) -> None:
@@ -198,6 +203,8 @@ def serve_forever(repo_path: Path, bind: str = "127.0.0.1", port: int = 8080) ->
         raise UsageError(f"cannot listen on {bind}:{port}: {exc.strerror}",
                          "pick another --port") from None
     print(f"serving {repo_path} on {server.url} (stats at {server.url}/stats)", flush=True)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         assert server._thread is not None
         while server._thread.is_alive():
@@ -206,6 +213,10 @@ def serve_forever(repo_path: Path, bind: str = "127.0.0.1", port: int = 8080) ->
         pass
     finally:
         server.stop()
+
+
+def _raise_interrupt(_sig: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
