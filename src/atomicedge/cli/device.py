@@ -219,25 +219,11 @@ def cmd_health(args: argparse.Namespace) -> int:
     from atomicedge.device import ops
     from atomicedge.health import service
     sysroot = ops.open_sysroot(args.sysroot)
-    console = _console()
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-        if console is not None:
-            console.write(f"atomicedge-health: {msg}\n")
-            console.flush()
-    d = service.health_check(sysroot, reboot=not args.no_reboot, log=log)
+    # the unit's StandardOutput=journal+console puts these lines in the journal and on the
+    # console, as greenboot's do
+    d = service.health_check(sysroot, reboot=not args.no_reboot,
+                             log=lambda m: print(m, flush=True))
     return 0 if d.health.value == "green" else 1
-
-
-def _console() -> Any:
-    """Also show health results on the console (greenboot logs there through the journal)."""
-    try:
-        if not Path("/run/ostree-booted").exists() or sys.stdout.isatty():
-            return None
-        return open("/dev/console", "w")
-    except OSError:
-        return None
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:

@@ -70,7 +70,7 @@ def nspawn_argv(sysroot: Sysroot, choice: bootloader.BootChoice, flag_file: Path
     var = sysroot.stateroot(osname) / "var"
     src, site = _host_python_dirs()
     argv = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(ddir),
-            "--private-network", "--console=passive", "--machine=atomicedge-device",
+            "--private-network", "--console=read-only", "--machine=atomicedge-device",
             f"--bind={sysroot.path.resolve()}:/sysroot:norbind", f"--bind={var.resolve()}:/var",
             f"--bind-ro={ddir}/usr:/usr", f"--bind-ro={flag_file}:/run/ostree-booted",
             f"--bind-ro={src}:/usr/lib/atomicedge/python"]
