@@ -11,10 +11,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from atomicedge.compose.apt import AptState, Sources, host_arch
+from atomicedge.compose.build import ComposeRequest, prefetch
+from atomicedge.compose.cache import default_root
+from atomicedge.compose.validate import load
 from atomicedge.store.repo import Repo
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -32,7 +37,13 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | Path]:
     work = tmp_path_factory.mktemp("mirror")
     repo = work / "repo"
-    v1 = _run("compose", "build", str(EXAMPLES / "gateway-v1.toml"), "--repo", str(repo))
+    # warm v2's package tree in parallel with v1 (2 cores: the two initramfs builds overlap)
+    v2_req = ComposeRequest(load(EXAMPLES / "gateway-v2.toml"), repo, Sources.host())
+    AptState(Sources.host(), default_root(), host_arch()).update()
+    with ThreadPoolExecutor(1) as pool:
+        warm = pool.submit(prefetch, v2_req, update=False)
+        v1 = _run("compose", "build", str(EXAMPLES / "gateway-v1.toml"), "--repo", str(repo))
+        warm.result()
     c1 = v1.stdout.split()[1]
     v2 = _run("compose", "build", str(EXAMPLES / "gateway-v2.toml"), "--repo", str(repo),
               "--parent", c1)

@@ -183,6 +183,34 @@ def _check_request(req: ComposeRequest, repo: Repo, ref: str) -> str | None:
     return repo.read_ref(ref)
 
 
+def _package_tree(req: ComposeRequest, trees: cache_mod.TreeCache, key: str,
+                  state: AptState, res: ds.Resolution, steps: Steps) -> bool:
+    """Make sure the cache holds the package tree ``key``; True when it was already there."""
+    if req.use_cache and trees.has(key):
+        steps.note(f"package tree cached ({key[:12]})")
+        return True
+    with steps.step(f"mmdebstrap ({len(res.packages)} packages)"):
+        trees.build(key, lambda tmp: mmdebstrap.build_tree(state, req.blueprint.suite,
+                                                           list(res.includes), tmp))
+    return False
+
+
+def prefetch(req: ComposeRequest, steps: Steps | None = None, *,
+             update: bool = True) -> str:
+    """Depsolve and build the package tree into the cache only (no repo touched).
+
+    A queue can warm the cache for the next blueprint while the current one commits; the
+    later ``compose`` of the same request then finds the tree. Returns the tree key."""
+    steps = steps or Steps()
+    arch = req.arch or host_arch()
+    root = req.cache_root or cache_mod.default_root()
+    state = AptState(req.sources, root, arch)
+    res = ds.depsolve(req.blueprint, state, req.profile, update=update)
+    key = cache_mod.tree_key(req.blueprint.distro, req.blueprint.suite, arch, res)
+    _package_tree(req, cache_mod.TreeCache(root), key, state, res, steps)
+    return key
+
+
 def compose(req: ComposeRequest, steps: Steps | None = None) -> ComposeResult:
     """Build ``req.blueprint`` into a commit on ``ref`` in ``req.repo``."""
     steps = steps or Steps()
@@ -213,13 +241,7 @@ def compose(req: ComposeRequest, steps: Steps | None = None) -> ComposeResult:
             return ComposeResult(reused, ref, prev.root_tree, parent, key, True, True,
                                  len(res.packages), None, steps.timings)
     trees = cache_mod.TreeCache(root)
-    cached = req.use_cache and trees.has(key)
-    if not cached:
-        with steps.step(f"mmdebstrap ({len(res.packages)} packages)"):
-            trees.build(key, lambda tmp: mmdebstrap.build_tree(state, bp.suite,
-                                                               list(res.includes), tmp))
-    else:
-        steps.note(f"package tree cached ({key[:12]})")
+    cached = _package_tree(req, trees, key, state, res, steps)
     work = Path(tempfile.mkdtemp(prefix="compose-", dir=root))
     tree = work / "tree"
     try:
