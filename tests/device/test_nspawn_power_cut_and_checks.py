@@ -5,7 +5,6 @@ killed at its timeout and counted as failed."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +28,8 @@ systemctl reboot --force --force
 """
 
 AFTER_CUT = """
+# an /etc edit made after staging: the merge at finalize time must carry it over
+rm -f /etc/greenboot/orig.txt
 /usr/bin/atomicedge device status --json > /var/lib/atomicedge-lab/status-after-cut.json
 systemctl is-active atomicedge-finalize-staged.service \
   > /var/lib/atomicedge-lab/finalize-active.txt 2>&1
