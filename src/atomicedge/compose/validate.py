@@ -206,7 +206,7 @@ def _packages(c: _Checker, raw: dict[str, Any], key: str) -> tuple[PackageSpec, 
         if (name, version) in names:
             c.add(f"{path}.name", f"package {name!r} listed twice", "remove one entry")
         names.add((name, version))
-        out.append(PackageSpec(name, version, lines.locate(c.positions, path)))
+        out.append(PackageSpec(name, version, lines.locate(c.positions, f"{path}.name")))
     return tuple(out)
 
 
