@@ -100,3 +100,18 @@ def test_v2_chained_with_parent_diff_shows_strace_added(chain: dict[str, str | P
     assert "+ strace" in proc.stdout
     assert "0 removed" in proc.stderr
     assert os.environ.get("CI") != "true" or "1 added" in proc.stderr
+
+
+def test_demo_composes_v1_then_v2_and_reports_strace_added(
+        chain: dict[str, str | Path], tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from atomicedge.compose import demo
+    buf = io.StringIO()
+    result = demo.run(tmp_path / "demo", Console(file=buf, width=120))
+    assert "strace" in result["added"] and not result["removed"]
+    assert "+ strace" in buf.getvalue()
+    repo = Repo.open(Path(str(result["repo"])))
+    assert repo.load_commit(str(result["v2"])).parent == result["v1"]

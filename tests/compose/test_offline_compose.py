@@ -278,3 +278,17 @@ def test_unknown_package_is_reported_by_depsolve_with_line_and_nothing_is_built(
     assert "line 11: groups[0].name:" in err and "(hint: " in err
     assert not (tmp_path / "repo").exists()
     assert not list((tmp_path / "cache/compose/trees").glob("*"))
+
+
+def test_url_parent_is_resolved_from_refs_heads_of_the_remote_repo(
+        built: dict[str, object], apt_repo: Path, tmp_path: Path) -> None:
+    env = built["env"]
+    assert isinstance(env, dict)
+    src = Repo.open(Path(str(built["work"])) / "repo")
+    tip = src.read_ref(REF)
+    bp = parse_text(BLUEPRINT.replace('"1.0.0"', '"1.2.0"'), "v3.toml")
+    res = compose(ComposeRequest(bp, tmp_path / "other", Sources.offline(apt_repo),
+                                 profile="test", url=f"file://{src.path}",
+                                 cache_root=Path(env["ATOMICEDGE_CACHE"]) / "compose"))
+    assert res.parent == tip
+    assert Repo.open(tmp_path / "other").load_commit(res.commit).parent == tip
