@@ -30,12 +30,25 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _wanted_groups(argv: Sequence[str]) -> tuple[str, ...]:
+    """Only the group being run is imported: start-up time is part of every command."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return (arg,) if arg in GROUPS else GROUPS
+    return GROUPS
+
+
+# the command line being parsed, so groups can skip importing verbs that are not run
+CURRENT_ARGV: list[str] = []
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    CURRENT_ARGV[:] = list(argv)
     parser = _Parser(prog="atomicedge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"atomicedge {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log outside-tool commands")
     sub = parser.add_subparsers(dest="group", metavar="GROUP", parser_class=_Parser)
-    for name in GROUPS:
+    for name in _wanted_groups(argv):
         try:
             module = importlib.import_module(f"atomicedge.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -47,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s")

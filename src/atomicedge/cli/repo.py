@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
     _add_basic_verbs(verbs)
     _add_read_verbs(verbs)
+    if _requested_verb() in verbs.choices:
+        return  # one of ours: the extensions' imports would only slow start-up down
     for name in EXTENSIONS:
         try:
             module = importlib.import_module(name)
@@ -41,6 +43,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         hook = getattr(module, "register_repo_verbs", None)
         if hook:
             hook(verbs)
+
+
+def _requested_verb() -> str | None:
+    from atomicedge.cli.main import CURRENT_ARGV
+    words = [a for a in CURRENT_ARGV if not a.startswith("-")]
+    return words[1] if len(words) > 1 and words[0] == "repo" else None
 
 
 def add_repo_arg(p: argparse.ArgumentParser) -> None:

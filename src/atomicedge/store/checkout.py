@@ -1,18 +1,22 @@
 """Check a commit out into a directory.
 
-Safety first: every dirtree below the start point is decoded (and its names validated) before
-the first byte is written, and all writes go through directory file descriptors opened with
-``O_NOFOLLOW``, so neither a hostile dirtree nor a symlink already in DEST can redirect a
-write outside DEST. Bare repos are hardlinked (as ``ostree checkout`` does), empty files are
-copied (ext4's hardlink limit), archive repos are inflated in a thread pool.
+Three phases: (1) decode and validate every dirtree below the start point and create the
+directory skeleton — nothing is written before the whole tree is known to be safe, and a
+symlink already in DEST where a directory belongs is replaced, never followed; (2) place the
+files, in forked workers when there are many (hardlinks for bare repos as ``ostree
+checkout`` does, copies for empty files because of ext4's hardlink limit, inflation for
+archive repos); (3) apply directory metadata bottom-up, so a read-only directory cannot
+block its own checkout. Files are created relative to directory fds opened ``O_NOFOLLOW``.
 """
 
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 import stat
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from atomicedge.errors import NotFoundError, UsageError
@@ -22,6 +26,14 @@ from atomicedge.store.repo import Repo
 from atomicedge.store.walk import lookup
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PARALLEL_MIN_FILES = 512
+
+
+@dataclass
+class _Dir:
+    path: str  # absolute
+    meta: DirMeta
+    files: tuple[tuple[str, str], ...]
 
 
 def checkout(repo: Repo, rev: str, dest: str | os.PathLike[str], *, user_mode: bool = False,
@@ -32,110 +44,123 @@ def checkout(repo: Repo, rev: str, dest: str | os.PathLike[str], *, user_mode: b
         raise NotFoundError(f"commit {csum} is partial (its tree was not pulled)",
                             "pull it without --commit-metadata-only first")
     entry = lookup(repo, csum, subpath or "/")
-    dest_path = Path(dest)
+    dest_path = Path(dest).absolute()
     if os.path.lexists(dest_path) and not union:
         raise UsageError(f"checkout destination {dest_path} already exists",
                          "choose a new directory or pass --union")
     if not dest_path.parent.is_dir():
         raise NotFoundError(f"parent directory of {dest_path} does not exist")
-    co = _Checkout(repo, user_mode, union)
+    placer = _Placer(repo, user_mode, union)
     if not entry.is_dir:
-        parent_fd = os.open(dest_path.parent, _DIR_FLAGS)
-        try:
-            co.place_file(parent_fd, dest_path.name, entry.csum)
-            co.drain()
-        finally:
-            os.close(parent_fd)
+        placer.place_batch([(str(dest_path.parent), ((dest_path.name, entry.csum),))])
         return csum
-    co.prevalidate(entry.csum)
-    parent_fd = os.open(dest_path.parent, _DIR_FLAGS)
-    try:
-        co.write_dir(parent_fd, dest_path.name, entry.csum, entry.meta)
-    finally:
-        os.close(parent_fd)
+    _prevalidate(repo, entry.csum)
+    dirs: list[_Dir] = []
+    _make_skeleton(repo, str(dest_path), entry.csum, entry.meta, union, dirs)
+    placer.place_all([(d.path, d.files) for d in dirs if d.files])
+    for d in reversed(dirs):  # children before parents
+        fd = os.open(d.path, _DIR_FLAGS)
+        try:
+            _apply_dirmeta(fd, d.meta, user_mode)
+        finally:
+            os.close(fd)
     return csum
 
 
-class _Checkout:
+def _prevalidate(repo: Repo, tree: str) -> None:
+    """Decode every dirtree (which validates every name) before anything is written."""
+    stack, seen = [tree], set()
+    while stack:
+        t = stack.pop()
+        if t not in seen:
+            seen.add(t)
+            stack.extend(sub for _n, sub, _m in repo.load_dirtree(t).dirs)
+
+
+def _make_skeleton(repo: Repo, path: str, tree_csum: str, meta_csum: str, union: bool,
+                   acc: list[_Dir]) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not union:
+            raise UsageError(f"{path} already exists in the checkout destination") from None
+        if not stat.S_ISDIR(os.lstat(path).st_mode):  # e.g. a planted symlink: replace it
+            os.unlink(path)
+            os.mkdir(path, 0o700)
+    tree = repo.load_dirtree(tree_csum)
+    acc.append(_Dir(path, repo.load_dirmeta(meta_csum), tree.files))
+    for name, sub, meta in tree.dirs:
+        _make_skeleton(repo, f"{path}/{name}", sub, meta, union, acc)
+
+
+def _apply_dirmeta(fd: int, meta: DirMeta, user_mode: bool) -> None:
+    if not user_mode:
+        os.fchown(fd, meta.uid, meta.gid)
+        for xname, value in meta.xattrs:
+            os.setxattr(fd, xname[:-1], value)
+        os.fchmod(fd, stat.S_IMODE(meta.mode))
+    else:
+        os.fchmod(fd, stat.S_IMODE(meta.mode) & 0o1777 | 0o700)
+    os.utime(fd, ns=(0, 0))  # as ostree: checked-out directories carry mtime 0
+
+
+_PLACER: _Placer | None = None
+
+
+def _worker_batch(batch: list[tuple[str, tuple[tuple[str, str], ...]]]) -> None:
+    assert _PLACER is not None
+    _PLACER.place_batch(batch)
+
+
+def _die_with_parent(parent: int) -> None:
+    import ctypes
+    import signal
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+class _Placer:
     def __init__(self, repo: Repo, user_mode: bool, union: bool) -> None:
         self.repo = repo
         self.user_mode = user_mode
         self.union = union
         self.hardlink = repo.mode == "bare" or (repo.mode in ("bare-user", "bare-user-only")
                                                and user_mode)
-        self.pool = ThreadPoolExecutor(max_workers=4)
-        self.futures: list[Future[None]] = []
 
-    def prevalidate(self, tree: str) -> None:
-        stack = [tree]
-        seen: set[str] = set()
-        while stack:
-            t = stack.pop()
-            if t in seen:
-                continue
-            seen.add(t)
-            for _n, sub, _m in self.repo.load_dirtree(t).dirs:  # decode validates names
-                stack.append(sub)
+    def place_all(self, work: list[tuple[str, tuple[tuple[str, str], ...]]]) -> None:
+        """Forked workers (the per-file work is Python between syscalls: GIL-bound)."""
+        total = sum(len(files) for _p, files in work)
+        workers = os.cpu_count() or 1
+        if total < _PARALLEL_MIN_FILES or workers < 2:
+            self.place_batch(work)
+            return
+        global _PLACER
+        _PLACER = self
+        batches: list[list[tuple[str, tuple[tuple[str, str], ...]]]] = [[]]
+        size, limit = 0, max(64, total // (workers * 6))
+        for item in work:
+            batches[-1].append(item)
+            size += len(item[1])
+            if size >= limit:
+                batches.append([])
+                size = 0
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                 initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+            for _ in pool.map(_worker_batch, [b for b in batches if b]):
+                pass
 
-    def drain(self) -> None:
-        try:
-            for f in self.futures:
-                f.result()
-        finally:
-            self.futures.clear()
-            self.pool.shutdown(wait=True)
-
-    def write_dir(self, parent_fd: int, name: str, tree: str, meta_csum: str) -> None:
-        try:
-            self._write_dir(parent_fd, name, tree, meta_csum)
-            self.drain()
-        except BaseException:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            raise
-
-    def _write_dir(self, parent_fd: int, name: str, tree_csum: str, meta_csum: str) -> None:
-        meta = self.repo.load_dirmeta(meta_csum)
-        try:
-            os.mkdir(name, 0o700, dir_fd=parent_fd)
-        except FileExistsError:
-            if not self.union:
-                raise UsageError(f"{name} already exists in the checkout destination") from None
-            st = os.lstat(name, dir_fd=parent_fd)
-            if not stat.S_ISDIR(st.st_mode):
-                os.unlink(name, dir_fd=parent_fd)
-                os.mkdir(name, 0o700, dir_fd=parent_fd)
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-        mine: list[Future[None]] = []
-        try:
-            tree = self.repo.load_dirtree(tree_csum)
-            mine = [self.pool.submit(self._place_file, fd, fname, fcsum)
-                    for fname, fcsum in tree.files]
-            for dname, dtree, dmeta in tree.dirs:
-                self._write_dir(fd, dname, dtree, dmeta)
-            for fut in mine:
-                fut.result()
-            # after the children: a read-only directory mode must not block its own checkout
-            self._apply_dirmeta(fd, meta)
-        finally:
-            for fut in mine:
-                fut.cancel()
-            wait(mine)
-            os.close(fd)
-
-    def _apply_dirmeta(self, fd: int, meta: DirMeta) -> None:
-        if not self.user_mode:
-            os.fchown(fd, meta.uid, meta.gid)
-            for xname, value in meta.xattrs:
-                os.setxattr(fd, xname[:-1], value)
-            os.fchmod(fd, stat.S_IMODE(meta.mode))
-        else:
-            os.fchmod(fd, stat.S_IMODE(meta.mode) & 0o1777 | 0o700)
-        os.utime(fd, ns=(0, 0))  # as ostree: checked-out directories carry mtime 0
+    def place_batch(self, work: list[tuple[str, tuple[tuple[str, str], ...]]]) -> None:
+        for path, files in work:
+            fd = os.open(path, _DIR_FLAGS)
+            try:
+                for name, csum in files:
+                    self.place_file(fd, name, csum)
+            finally:
+                os.close(fd)
 
     def place_file(self, dir_fd: int, name: str, csum: str) -> None:
-        self.futures.append(self.pool.submit(self._place_file, dir_fd, name, csum))
-
-    def _place_file(self, dir_fd: int, name: str, csum: str) -> None:
         if self.union:
             try:
                 st = os.lstat(name, dir_fd=dir_fd)
@@ -145,28 +170,28 @@ class _Checkout:
                 if stat.S_ISDIR(st.st_mode):
                     raise UsageError(f"cannot replace directory {name} with a file (union)")
                 os.unlink(name, dir_fd=dir_fd)
-        if self.hardlink:
-            path = self.repo.object_path(csum, ObjectType.FILE)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                raise NotFoundError(f"content object {csum} is missing") from None
-            linkable = stat.S_ISLNK(st.st_mode) or st.st_size > 0
-            if linkable and (self.repo.mode == "bare" or not self._is_user_symlink(path)):
-                try:
-                    os.link(path, name, dst_dir_fd=dir_fd, follow_symlinks=False)
-                    return
-                except OSError as exc:
-                    if exc.errno not in (errno.EMLINK, errno.EXDEV):
-                        raise
+        if self.hardlink and self._try_link(dir_fd, name, csum):
+            return
         header, content = load_content(self.repo, csum)
         self._write_file(dir_fd, name, header, content)
 
-    def _is_user_symlink(self, path: Path) -> bool:
-        """bare-user stores symlinks as files: those must be re-created, not linked."""
-        from atomicedge.store.objects import decode_ostreemeta
-        mode = decode_ostreemeta(os.getxattr(path, "user.ostreemeta"))[2]
-        return stat.S_ISLNK(mode)
+    def _try_link(self, dir_fd: int, name: str, csum: str) -> bool:
+        path = self.repo.object_path_str(csum, ObjectType.FILE)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise NotFoundError(f"content object {csum} is missing") from None
+        if not stat.S_ISLNK(st.st_mode) and st.st_size == 0:
+            return False  # empty files are copied: ext4 caps hardlinks per inode
+        if self.repo.mode == "bare-user" and _is_user_symlink(path):
+            return False  # bare-user keeps symlinks as files: re-create the real link
+        try:
+            os.link(path, name, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EMLINK, errno.EXDEV):
+                raise
+            return False
+        return True
 
     def _write_file(self, dir_fd: int, name: str, h: FileHeader, content: bytes) -> None:
         if h.is_symlink:
@@ -193,3 +218,8 @@ class _Checkout:
             os.fchmod(fd, mode)
         finally:
             os.close(fd)
+
+
+def _is_user_symlink(path: str) -> bool:
+    meta = os.getxattr(path, "user.ostreemeta")
+    return stat.S_ISLNK(int.from_bytes(meta[8:12], "big"))  # (uid, gid, mode, ...) BE

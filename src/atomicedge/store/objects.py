@@ -175,8 +175,17 @@ def _split_prefixed(data: bytes, what: str) -> tuple[bytes, int]:
     return data[8:8 + hlen], 8 + hlen
 
 
+_PLAIN_ARCHIVE_HDR = struct.Struct(">QIIII")
+
+
 def parse_archive_header(data: bytes) -> tuple[FileHeader, int, int]:
     """Parse the start of a ``.filez``: (header, uncompressed size, payload offset)."""
+    if data[:8] == b"\0\0\0\x1a\0\0\0\0" and data[32:34] == b"\0\x19":
+        # the common case (no symlink target, no xattrs) has a fixed 26-byte header
+        size, uid, gid, mode, rdev = _PLAIN_ARCHIVE_HDR.unpack_from(data, 8)
+        h = FileHeader(uid, gid, mode, "", (), rdev)
+        h.validate()
+        return h, size, 34
     hdr, off = _split_prefixed(data, "archive content object")
     size, uid, gid, mode, rdev, target, xattrs = gv.decode(ARCHIVEHEADER_SIG, hdr)
     h = FileHeader(bswap32(uid), bswap32(gid), bswap32(mode), target,
@@ -223,6 +232,11 @@ class DirMeta:
 
     @classmethod
     def decode(cls, data: bytes) -> DirMeta:
+        if len(data) == 12:  # no xattrs: three BE u32 and an empty array, nothing to frame
+            uid, gid, mode = _EMPTY_PLAIN_HDR.unpack(data)
+            if not stat.S_ISDIR(mode):
+                raise FormatError(f"dirmeta mode {mode:o} is not a directory")
+            return cls(uid, gid, mode)
         uid, gid, mode, xattrs = decode_ostreemeta(data)
         if not stat.S_ISDIR(mode):
             raise FormatError(f"dirmeta mode {mode:o} is not a directory")
@@ -251,6 +265,17 @@ class DirTree:
 
     @classmethod
     def decode(cls, data: bytes) -> DirTree:
+        try:
+            fast = _fast_dirtree(bytes(data))
+        except (ValueError, IndexError, UnicodeDecodeError):
+            fast = None
+        if fast is not None:
+            return fast
+        return cls._decode_slow(data)
+
+    @classmethod
+    def _decode_slow(cls, data: bytes) -> DirTree:
+        """Generic path: slower, but names precisely what is wrong with a bad dirtree."""
         files, dirs = gv.decode(DIRTREE_SIG, data)
         ft = tuple((validate_name(n), hexsum(c)) for n, c in files)
         dt = tuple((validate_name(n), hexsum(t), hexsum(m)) for n, t, m in dirs)
@@ -261,6 +286,59 @@ class DirTree:
         if {n for n, _ in ft} & {n for n, *_ in dt}:
             raise FormatError("dirtree has a name that is both a file and a directory")
         return cls(ft, dt)
+
+
+def _offsets(blob: bytes) -> list[bytes]:
+    """Split a non-empty variable-element array into its elements (framing only)."""
+    if not blob:
+        return []
+    w = gv._offset_width(len(blob))
+    last = int.from_bytes(blob[-w:], "little")
+    count, rem = divmod(len(blob) - last, w)
+    if rem or count <= 0:
+        raise ValueError("bad framing")
+    out = []
+    start = 0
+    for i in range(count):
+        end = int.from_bytes(blob[last + i * w:last + (i + 1) * w], "little")
+        if not start <= end <= last:
+            raise ValueError("bad framing")
+        out.append(blob[start:end])
+        start = end
+    return out
+
+
+def _fast_dirtree(data: bytes) -> DirTree | None:
+    """Decode by framing arithmetic, then prove normal form (and sorting) by re-encoding
+    with the fast encoder. Any doubt returns None so the generic decoder decides."""
+    n = len(data)
+    w = gv._offset_width(n)
+    split = int.from_bytes(data[n - w:], "little")
+    if split > n - w:
+        return None
+    files = []
+    for elem in _offsets(data[:split]):
+        ew = gv._offset_width(len(elem))
+        s_end = int.from_bytes(elem[-ew:], "little")
+        if len(elem) - ew - s_end != 32 or elem[s_end - 1] != 0:
+            return None
+        name = validate_name(elem[:s_end - 1].decode("utf-8"))
+        files.append((name, elem[s_end:s_end + 32].hex()))
+    dirs = []
+    for elem in _offsets(data[split:n - w]):
+        ew = gv._offset_width(len(elem))
+        s_end = int.from_bytes(elem[-ew:], "little")
+        t_end = int.from_bytes(elem[-2 * ew:-ew], "little")
+        if t_end - s_end != 32 or len(elem) - 2 * ew - t_end != 32 or elem[s_end - 1] != 0:
+            return None
+        name = validate_name(elem[:s_end - 1].decode("utf-8"))
+        dirs.append((name, elem[s_end:t_end].hex(), elem[t_end:t_end + 32].hex()))
+    tree = DirTree(tuple(files), tuple(dirs))
+    if len({n for n, _ in files} | {n for n, *_ in dirs}) != len(files) + len(dirs):
+        return None
+    if tree.encode() != data:
+        return None  # not normal form, or not sorted: let the generic decoder say which
+    return tree
 
 
 def _frame_entry(name: bytes, sums: bytes, split: int = 0) -> bytes:

@@ -175,7 +175,7 @@ class Repo:
 
     def read_metadata_bytes(self, csum: str, objtype: ObjectType, *,
                             verify: bool = False) -> bytes:
-        path = self.object_path(ob.validate_checksum(csum), objtype)
+        path = self.object_path_str(ob.validate_checksum(csum), objtype)
         try:
             with open(path, "rb") as f:
                 data = f.read(MAX_METADATA_SIZE + 1)
