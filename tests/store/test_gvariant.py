@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from atomicedge.errors import CorruptionError
 from atomicedge.store import gvariant as gv
 from atomicedge.store.objects import (
     Commit,
@@ -148,3 +149,29 @@ def test_deep_nesting_is_refused_not_crashing() -> None:
         inner = "v"
     with pytest.raises(gv.GVariantError):
         gv.decode(sig, data)
+
+
+NAMES = st.text(alphabet=st.sampled_from(list("abcé.-_x/")), min_size=0, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(files=st.lists(st.tuples(NAMES, st.binary(min_size=32, max_size=32)), max_size=12),
+       dirs=st.lists(st.tuples(NAMES, st.binary(min_size=32, max_size=32),
+                               st.binary(min_size=32, max_size=32)), max_size=6),
+       flip=st.integers(0, 2000), shuffle=st.booleans())
+def test_fast_dirtree_decoder_agrees_with_generic(files: list[Any], dirs: list[Any], flip: int,
+                                                  shuffle: bool) -> None:
+    """The hand-framed hot-path decoder accepts exactly what the generic strict one does."""
+    value = (files if shuffle else sorted(files, key=lambda e: e[0].encode()),
+             sorted(dirs, key=lambda e: e[0].encode()))
+    data = bytearray(gv.encode("(a(say)a(sayay))", value))
+    if data and flip < len(data) * 3:
+        data[flip % len(data)] ^= 1 << (flip % 8)
+    results = []
+    for decoder in (DirTree.decode, DirTree._decode_slow):
+        try:
+            results.append(("ok", decoder(bytes(data))))
+        except CorruptionError:  # GVariantError, FormatError and bad names alike
+            results.append(("error", None))
+    assert results[0][0] == results[1][0]
+    assert results[0][1] == results[1][1]
