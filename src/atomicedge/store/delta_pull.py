@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def _advertised(puller: Puller, to_csum: str) -> dict[str, str] | None:
     """Delta name -> superblock digest for deltas to ``to_csum``; None if unknown."""
     index = puller.fetcher.fetch(df.index_relpath(to_csum), max_size=16 * 1024 * 1024,
-                                 optional=True)
+                                 optional=True, validate=ob.decode_metadata_dict)
     if index is not None:
         meta = ob.decode_metadata_dict(index)
         v = meta.get("ostree.static-deltas")
@@ -79,8 +79,14 @@ def try_delta(puller: Puller, ref: str, to_csum: str) -> bool:
     try:
         frm, digest = choose(puller, ref, to_csum, _advertised(puller, to_csum))
         relpath = df.delta_relpath(frm, to_csum)
+        def check(d: bytes) -> None:
+            if digest is not None and hashlib.sha256(d).hexdigest() != digest:
+                raise CorruptionError(f"static delta superblock for {to_csum} does not "
+                                      "match the digest the server advertises")
+            df.parse_superblock(df.unwrap_signed(d)[0])
+
         data = puller.fetcher.fetch(f"{relpath}/superblock", max_size=df.MAX_SUPERBLOCK,
-                                    optional=True)
+                                    optional=True, validate=check)
         if data is None:
             raise NotFoundError(f"no static delta {df.delta_name(frm, to_csum)}")
     except NotFoundError as exc:
@@ -106,7 +112,8 @@ def _apply(puller: Puller, ref: str, sb: df.Superblock, relpath: str) -> None:
     meta: dict[str, Any] | None = sb.detached_meta(relpath)
     if meta is None:
         raw = puller.fetcher.fetch(f"objects/{sb.to_csum[:2]}/{sb.to_csum[2:]}.commitmeta",
-                                   max_size=puller.opts.max_metadata_size, optional=True)
+                                   max_size=puller.opts.max_metadata_size, optional=True,
+                                   validate=ob.decode_metadata_dict)
         meta = ob.decode_metadata_dict(raw) if raw is not None else None
     puller.stats.phase = "delta"
     puller.store_commit(sb.to_csum, sb.commit, meta, ref)

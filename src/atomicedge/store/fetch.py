@@ -34,7 +34,7 @@ from atomicedge.errors import AtomicEdgeError, CorruptionError, NotFoundError, U
 
 log = logging.getLogger(__name__)
 
-Validator = Callable[[bytes], None]
+Validator = Callable[[bytes], object]
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 _CHUNK = 256 * 1024
 
@@ -161,8 +161,7 @@ class Fetcher:
             declared = resp.headers.get("Content-Length")
             if declared is not None and declared.isdigit() and int(declared) > max_size:
                 self._count(0)
-                raise FetchError(f"{url} is {declared} bytes, over the {max_size}-byte cap",
-                                 "the server or the repository is hostile or broken")
+                raise _Transient(f"{declared} bytes, over the {max_size}-byte cap")
             return self._read_capped(resp, url, max_size)
         finally:
             resp.release_conn()
@@ -177,10 +176,11 @@ class Fetcher:
                 buf += chunk
                 if len(buf) > max_size:
                     self._count(len(buf))
-                    raise FetchError(f"{url} exceeds the {max_size}-byte cap",
-                                     "the server or the repository is hostile or broken")
+                    resp.close()  # never hand a half-read connection back to the pool
+                    raise _Transient(f"body exceeds the {max_size}-byte cap")
         except Urllib3Error as exc:
             self._count(len(buf))
+            resp.close()
             raise _Transient(f"{exc.__class__.__name__}: {exc}") from None
         self._count(len(buf))
         return bytes(buf)

@@ -188,14 +188,11 @@ class Puller:
         return f"{self.remote.name}:{ref}"
 
     def _check_remote_config(self) -> None:
-        data = self.fetcher.fetch("config", max_size=1024 * 1024, optional=True)
+        data = self.fetcher.fetch("config", max_size=1024 * 1024, optional=True,
+                                  validate=_parse_config)
         if data is None:
             return
-        try:
-            kf = KeyFile.parse(data.decode("utf-8"), source="remote config")
-        except UnicodeDecodeError:
-            raise FormatError("the remote's config is not UTF-8 text",
-                              "is the URL really an OSTree repository?") from None
+        kf = _parse_config(data)
         mode = kf.get("core", "mode") or ""
         if mode not in ("archive", "archive-z2"):
             raise FormatError(f"remote repository mode is {mode!r}, not archive",
@@ -203,8 +200,11 @@ class Puller:
 
     def _load_summary(self, *, required: bool) -> None:
         self.stats.phase = "summary"
-        sig = self.fetcher.fetch("summary.sig", max_size=16 * 1024 * 1024, optional=True)
-        data = self.fetcher.fetch("summary", max_size=sm.MAX_SUMMARY, optional=True)
+        sig = self.fetcher.fetch("summary.sig", max_size=16 * 1024 * 1024, optional=True,
+                                 validate=ob.decode_metadata_dict)
+        data = self.fetcher.fetch("summary", max_size=min(sm.MAX_SUMMARY,
+                                                          self.opts.max_metadata_size),
+                                  optional=True, validate=sm.parse)
         if data is None:
             if required or self.policy_summary_required:
                 raise NotFoundError(f"{self.remote.url} has no summary",
@@ -228,7 +228,8 @@ class Puller:
                 raise NotFoundError(f"remote {self.remote.name or self.remote.url} has no "
                                     f"ref {ref!r}")
             return entry.commit
-        data = self.fetcher.fetch(f"refs/heads/{ref}", max_size=1024, optional=True)
+        data = self.fetcher.fetch(f"refs/heads/{ref}", max_size=1024, optional=True,
+                                  validate=_check_ref_body)
         if data is None:
             raise NotFoundError(f"remote {self.remote.url} has no ref {ref!r}")
         text = data.decode("ascii", "replace").strip()
@@ -291,7 +292,8 @@ class Puller:
             self.note_sizes(commit)
             return commit
         meta_bytes = self.fetcher.fetch(_objpath(csum, "commitmeta"),
-                                        max_size=self.opts.max_metadata_size, optional=True)
+                                        max_size=self.opts.max_metadata_size, optional=True,
+                                        validate=ob.decode_metadata_dict)
         data = self.fetcher.fetch(_objpath(csum, "commit"), max_size=self.opts.max_metadata_size,
                                   validate=lambda d: _check_meta(d, csum, ObjectType.COMMIT))
         assert data is not None
@@ -411,6 +413,20 @@ class Puller:
         assert data is not None
         tx.write_metadata(objtype, data, expected=csum)
         self.stats.metadata_fetched += 1
+
+
+def _check_ref_body(data: bytes) -> None:
+    if not ob.CHECKSUM_RE.match(data.decode("ascii", "replace").strip()):
+        raise FormatError(f"remote ref holds {data[:40]!r}, not a checksum",
+                          "the server answered with something else (an HTML page?)")
+
+
+def _parse_config(data: bytes) -> KeyFile:
+    try:
+        return KeyFile.parse(data.decode("utf-8"), source="remote config")
+    except UnicodeDecodeError:
+        raise FormatError("the remote's config is not UTF-8 text",
+                          "is the URL really an OSTree repository?") from None
 
 
 def _objpath(csum: str, ext: str) -> str:
