@@ -69,9 +69,14 @@ def _prepare(base: dict[str, object], op: str, dest: Path) -> None:
         dp.stage(s, "testos", new, Origin.new("testos/stable"))
     elif op in ("rollback", "cleanup"):
         dp.deploy(s, "testos", new, Origin.new("testos/stable"))
-        if op == "cleanup":  # leave garbage: an old deployment dir and a stale tmp dir
+        if op == "cleanup":  # garbage: a stray deployment, a stale tmp dir, an orphan commit
             dp.prepare(s, "testos", str(base["old"]), Origin.new("x"), [])
             (s.stateroot("testos") / "deploy" / ".junk.tmp").mkdir()
+            orphan = dest.parent / f"orphan-{dest.name}"
+            shutil.rmtree(orphan, ignore_errors=True)
+            orphan.mkdir()
+            commit_tiny(s.repo, orphan, "3", ref="orphan/x", kernel="kernel-3")
+            s.repo.set_ref("orphan/x", None)
 
 
 def _check(s_path: Path, base: dict[str, object]) -> str:

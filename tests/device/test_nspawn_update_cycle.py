@@ -27,6 +27,8 @@ echo site=lab > /etc/edge-local.conf
 rm -f /etc/motd
 mkdir -p /var/lib/lab-data && echo keep > /var/lib/lab-data/keep
 rm -f /etc/greenboot/orig.txt
+systemctl show atomicedge-agent.timer --property=TimersCalendar \
+  > /var/lib/atomicedge-lab/agent-timer.txt
 /usr/bin/atomicedge device upgrade > /var/lib/atomicedge-lab/upgrade1.out 2>&1
 echo rc=$? >> /var/lib/atomicedge-lab/upgrade1.out
 /usr/bin/atomicedge device status --json > /var/lib/atomicedge-lab/status-staged.json
@@ -39,6 +41,7 @@ systemctl reboot --no-block
 """
 
 FALLBACK = """
+cp /run/motd.d/boot-status /var/lib/atomicedge-lab/motd-fallback.txt
 printf 'policy = "stage"\\nschedule = "daily"\\n' > /run/agent.toml
 /usr/bin/atomicedge device agent --once --config /run/agent.toml \
    > /var/lib/atomicedge-lab/agent.out 2>&1
@@ -138,6 +141,15 @@ def test_bad_update_boots_three_times_then_falls_back(scenario: dict[str, Any]) 
     assert after["deployments"][0]["checksum"] == scenario["v2"]
     assert after["deployments"][0]["booted"]
     assert scenario["v3"] in after["denylist"]
+
+
+def test_motd_shows_the_fallback_and_timer_has_the_configured_schedule(
+        scenario: dict[str, Any]) -> None:
+    motd = (scenario["lab"] / "motd-fallback.txt").read_text()
+    assert "Boot Status is GREEN" in motd and "FALLBACK BOOT DETECTED" in motd
+    # the generator turned agent.toml's schedule = "daily" into the timer's OnCalendar=
+    timer = (scenario["lab"] / "agent-timer.txt").read_text()
+    assert "OnCalendar=daily" in timer or "*-*-* 00:00:00" in timer, timer
 
 
 def test_agent_does_not_stage_the_rolled_back_commit(scenario: dict[str, Any]) -> None:

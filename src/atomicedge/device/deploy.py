@@ -352,6 +352,7 @@ def _remove_deployment_dir(sysroot: Sysroot, d: Deployment) -> None:
         os.rename(ddir, trash)
         faults.step("deployment-trashed")
         shutil.rmtree(trash)
+        faults.step("deployment-removed")
 
 
 def cleanup(sysroot: Sysroot, prune: bool = True) -> dict[str, int]:
@@ -372,6 +373,7 @@ def cleanup(sysroot: Sysroot, prune: bool = True) -> dict[str, int]:
             for p in sorted(ddir.iterdir()):
                 if p.name.startswith("."):
                     _force_rmtree(p)
+                    faults.step("tmp-removed")
                     continue
                 name = p.name[:-len(".origin")] if p.name.endswith(".origin") else p.name
                 if (sr.name, name) not in keep and "." in name:
@@ -398,6 +400,11 @@ def _force_rmtree(p: Path) -> None:
         p.unlink()
 
 
+_PRUNE_ORDER = {ObjectType.COMMIT: 0, ObjectType.COMMIT_META: 1,
+                ObjectType.TOMBSTONE_COMMIT: 1, ObjectType.DIR_TREE: 2,
+                ObjectType.DIR_META: 3, ObjectType.FILE: 4}
+
+
 def prune_repo(sysroot: Sysroot) -> int:
     """Delete objects no ref reaches (refs-only prune, like ``ostree admin cleanup``)."""
     repo = sysroot.repo
@@ -406,14 +413,19 @@ def prune_repo(sysroot: Sysroot) -> int:
         live |= hardlink.reachable(repo, csum)
     n = 0
     with repo.lock(exclusive=True):
-        for csum, objtype in list(repo.iter_objects()):
+        dead = []
+        for csum, objtype in repo.iter_objects():
             if objtype in (ObjectType.COMMIT_META, ObjectType.TOMBSTONE_COMMIT):
                 if (csum, ObjectType.COMMIT) in live:
                     continue
             elif (csum, objtype) in live:
                 continue
+            dead.append((csum, objtype))
+        # commits go first: a crash mid-prune must never leave a commit whose objects are
+        # half deleted (fsck would call it corrupt); orphan trees/files are just garbage
+        dead.sort(key=lambda o: _PRUNE_ORDER.get(o[1], 9))
+        for csum, objtype in dead:
             repo.object_path(csum, objtype).unlink(missing_ok=True)
             n += 1
-    if n:
-        faults.step("pruned")
+            faults.step("object-pruned")
     return n
