@@ -104,7 +104,7 @@ def make_app(root: Path, stats: ServeStats, *, quiet: bool = False) -> web.Appli
         return web.FileResponse(path, chunk_size=256 * 1024)
 
     app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", handle)
+    app.router.add_get("/{tail:.*}", handle, allow_head=True)
     return app
 
 

@@ -1,0 +1,172 @@
+"""Server behaviour and /stats (Must show 6), remotes, summary, and atomic promotion."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from net_helpers import make_tree, ostree_client, ostree_fsck, run
+
+from atomicedge.cli.main import main
+from atomicedge.store import delta_format as df
+from atomicedge.store import promote, remotes, summary
+from atomicedge.store.commit import commit_directory
+from atomicedge.store.objects import ObjectType
+from atomicedge.store.pull import pull
+from atomicedge.store.repo import Repo
+from atomicedge.store.serve import Server
+from atomicedge.store.walk import reachable
+
+
+def _get(url: str, headers: dict[str, str] | None = None,
+         method: str = "GET") -> tuple[int, bytes, dict[str, str]]:
+    req = urllib.request.Request(url, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def test_stats_count_exactly_what_the_client_received(tmp_path: Path, server: Server) -> None:
+    dst = Repo.init(tmp_path / "dst", "bare-user")
+    res = pull(dst, server.url, ["main"])
+    status, body, _h = _get(server.url + "/stats")
+    stats = json.loads(body)
+    assert status == 200
+    assert stats["bytes"] == res.stats.bytes
+    assert stats["files"] == res.stats.requests - res.stats.retries - \
+        server.stats.not_found
+
+
+def test_server_head_range_etag_and_404s(server: Server, src_repo: tuple[Repo, str]) -> None:
+    url = server.url
+    status, body, headers = _get(url + "/config")
+    assert status == 200 and body.startswith(b"[core]")
+    etag = headers["ETag"]
+    assert _get(url + "/config", {"If-None-Match": etag})[0] == 304
+    status, part, headers = _get(url + "/config", {"Range": "bytes=1-4"})
+    assert status == 206 and part == body[1:5]
+    status, head_body, headers = _get(url + "/config", method="HEAD")
+    assert status == 200 and head_body == b"" and int(headers["Content-Length"]) == len(body)
+    for bad in ("/objects", "/../../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd",
+                "/refs/heads/../../config/x", "/nonexistent"):
+        assert _get(url + bad)[0] == 404, bad
+    outside = src_repo[0].path.parent / "secret"
+    outside.write_text("secret")
+    (src_repo[0].path / "link").symlink_to(outside)
+    assert _get(url + "/link")[0] == 404
+
+
+def test_remote_config_is_read_by_ostree(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                         ) -> None:
+    repo = Repo.init(tmp_path / "r", "bare-user")
+    r = str(repo.path)
+    assert main(["repo", "remote", "add", "--repo", r, "--no-gpg-verify", "origin",
+                 "http://127.0.0.1:9/repo", "main", "stable"]) == 0
+    assert main(["repo", "remote", "add", "--repo", r, "prod", "file:///srv/repo"]) == 0
+    assert run("ostree", f"--repo={r}", "remote", "show-url", "origin").stdout.strip() == \
+        "http://127.0.0.1:9/repo"
+    assert run("ostree", f"--repo={r}", "remote", "list").stdout.split() == ["origin", "prod"]
+    gpg = run("ostree", f"--repo={r}", "config", "get", 'remote "prod".gpg-verify').stdout
+    assert gpg.strip() == "true"
+    assert main(["repo", "remote", "list", "--repo", r, "-u"]) == 0
+    assert "origin  http://127.0.0.1:9/repo" in capsys.readouterr().out
+    assert main(["repo", "remote", "delete", "--repo", r, "prod"]) == 0
+    assert main(["repo", "remote", "delete", "--repo", r, "prod"]) == 1
+    assert main(["repo", "remote", "add", "--repo", r, "bad name", "http://x"]) == 2
+    assert remotes.names(Repo.open(repo.path)) == ["origin"]
+
+
+def test_summary_update_is_read_by_ostree_view(tmp_path: Path, tree: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    repo = Repo.init(tmp_path / "r", "archive")
+    from atomicedge.store.gvariant import Variant
+    v1 = commit_directory(repo, tree, branch="b/one", subject="1",
+                          metadata={"version": Variant("s", "1.0")})
+    make_tree(tree, 2)
+    v2 = commit_directory(repo, tree, branch="a-two", subject="2")
+    from atomicedge.store import delta
+    delta.generate(repo, v1, v2)
+    assert main(["repo", "summary", "-u", "--repo", str(repo.path), "-m", "team=edge"]) == 0
+    out = run("ostree", f"--repo={repo.path}", "summary", "--view").stdout
+    assert out.index("* a-two") < out.index("* b/one")
+    assert v1 in out and v2 in out and "Version (ostree.commit.version): 1.0" in out
+    assert f"{v1}-{v2}" in out and "team" in out
+    assert (repo.path / df.index_relpath(v2)).is_file()
+    assert main(["repo", "summary", "--view", "--repo", str(repo.path)]) == 0
+    ours = capsys.readouterr().out
+    assert "* a-two" in ours and "Version (ostree.commit.version): 1.0" in ours
+    run("ostree", f"--repo={repo.path}", "summary", "-u")
+    s = summary.load(repo)  # and we read ostree's own summary
+    assert [r.name for r in s.refs] == ["a-two", "b/one"] and s.deltas
+
+
+def test_promotion_is_idempotent_and_publishes_delta_and_summary(tmp_path: Path,
+                                                                 tree: Path) -> None:
+    stage = Repo.init(tmp_path / "stage", "archive")
+    v1 = commit_directory(stage, tree, branch="os", subject="v1")
+    prod = tmp_path / "prod"
+    res = promote.promote(f"file://{stage.path}", prod, ["os"])
+    assert res == {"os": (None, v1)}
+    make_tree(tree, 2)
+    v2 = commit_directory(stage, tree, branch="os", subject="v2")
+    assert main(["repo", "promote", "--from", f"file://{stage.path}", "--to", str(prod),
+                 "os"]) == 0
+    p = Repo.open(prod)
+    assert p.read_ref("os") == v2
+    assert summary.load(p).deltas.keys() == {f"{v1}-{v2}"}
+    mtime = (prod / "summary").stat().st_mtime_ns
+    assert promote.promote(f"file://{stage.path}", prod, ["os"]) == {"os": (v2, v2)}
+    assert (prod / "summary").stat().st_mtime_ns == mtime  # a no-op
+    ostree_fsck(prod)
+    with Server(prod) as srv:
+        client = ostree_client(tmp_path / "client", srv.url, "--no-gpg-verify")
+        run("ostree", f"--repo={client}", "pull", "origin", "os")
+    ostree_fsck(client)
+
+
+def test_promotion_is_atomic_under_a_concurrent_reader(tmp_path: Path, tree: Path) -> None:
+    """A reader polling the summary never finds a listed commit with missing objects."""
+    stage = Repo.init(tmp_path / "stage", "archive")
+    prod = tmp_path / "prod"
+    commit_directory(stage, tree, branch="os", subject="v0")
+    promote.promote(f"file://{stage.path}", prod, ["os"])
+    stop = threading.Event()
+    seen: set[str] = set()
+    problems: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                s = summary.parse((prod / "summary").read_bytes())
+            except Exception as exc:  # a torn summary would land here
+                problems.append(f"summary unreadable: {exc}")
+                continue
+            repo = Repo.open(prod)
+            for ref in s.refs:
+                if ref.commit in seen:
+                    continue
+                for csum, objtype in reachable(repo, ref.commit):
+                    if not repo.has_object(csum, objtype):
+                        problems.append(f"{ref.commit}: {objtype.ext} {csum} missing")
+                seen.add(ref.commit)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(1, 4):
+            make_tree(tree, i + 1)
+            (tree / f"extra{i}").write_bytes(bytes([i]) * 5000 * i)
+            commit_directory(stage, tree, branch="os", subject=f"v{i}")
+            promote.promote(f"file://{stage.path}", prod, ["os"])
+    finally:
+        stop.set()
+        t.join()
+    assert not problems, problems[:3]
+    assert len(seen) >= 2
+    assert Repo.open(prod).has_object(Repo.open(prod).read_ref("os") or "", ObjectType.COMMIT)
