@@ -189,3 +189,10 @@ def test_pin_keeps_a_deployment_through_upgrades(
     assert set(deps[0]) >= {"id", "osname", "serial", "checksum", "version", "timestamp",
                             "origin", "booted", "staged", "pinned"}
     assert ops.status(sr.Sysroot.open(s))["deployments"][0]["version"] == "3"
+
+
+def test_freshly_initialised_sysroot_has_no_deployments_for_both(
+        tiny_sysroot: tuple[sr.Sysroot, Path]) -> None:
+    sysroot, _w = tiny_sysroot
+    assert our_status_ids(sysroot.path) == ostree_status_ids(sysroot.path) == []
+    assert (sysroot.stateroot("testos") / "var" / "tmp").stat().st_mode & 0o1777 == 0o1777
