@@ -47,6 +47,14 @@ key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests admin@example"
 groups = ["operators", "sudo"]
 uid = 1500
 
+[[customizations.user]]
+name = "root"
+password = "$6$fixedsalt$0123456789abcdefghijklmnopqrstuvwxyzABCDEF./0123"
+
+[[customizations.sshkey]]
+user = "root"
+key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRootKeyForTests root@example"
+
 [customizations.timezone]
 timezone = "Europe/Paris"
 
@@ -137,6 +145,8 @@ def test_users_groups_and_hashed_password_in_checked_out_tree(built: dict[str, o
     assert st.st_mode & 0o777 == 0o640
     keys = (co / "usr/lib/tmpfiles.d/atomicedge-users.conf").read_text()
     assert "f+ /home/admin/.ssh/authorized_keys 0600 admin admin - ssh-ed25519" in keys
+    assert "f+ /root/.ssh/authorized_keys 0600 root root - ssh-ed25519" in keys
+    assert shadow["root"][1].startswith("$6$fixedsalt$")   # an existing hash is kept as is
 
 
 def test_services_enabled_as_links_and_masked(built: dict[str, object]) -> None:

@@ -110,8 +110,7 @@ def depsolve(bp: Blueprint, state: AptState, profile: str = "edge", *,
     inc_bp, problems = expand_specs(state, list(bp.packages), "packages")
     inc_tasks, p_tasks = expand_specs(state, tasks, "groups")
     for p in p_tasks:
-        problems.append(Problem(p.path.replace(".name", ".name"),
-                                p.message.replace("package", "group (Debian task)"),
+        problems.append(Problem(p.path, p.message.replace("package", "group (Debian task)"),
                                 "groups map to Debian task-* metapackages, e.g. ssh-server",
                                 p.line))
     inc_base, p_base = expand_specs(state, base_specs, "profile")

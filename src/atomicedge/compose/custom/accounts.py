@@ -91,6 +91,24 @@ def _useradd_argv(tree: Path, user: User, salt_seed: str) -> list[str]:
     return [*argv, user.name]
 
 
+def _modify_existing(tree: Path, user: User, salt_seed: str) -> None:
+    """A user the packages already created (``root``): set password, shell, extra groups."""
+    if user.uid is not None or user.gid is not None or user.home:
+        raise UsageError(f"user {user.name} already exists in the image",
+                         "uid, gid and home cannot be changed for it; drop them")
+    argv = ["usermod", "--prefix", str(tree)]
+    if user.password:
+        argv += ["-p", hash_password(user.password, f"{salt_seed}\0{user.name}")]
+    if user.shell:
+        argv += ["-s", user.shell]
+    if user.groups:
+        argv += ["-a", "-G", ",".join(user.groups)]
+    if user.description:
+        argv += ["-c", user.description]
+    if len(argv) > 3:
+        tool.run([*argv, user.name], what=f"usermod {user.name}", env=ENV)
+
+
 def add_user(tree: Path, user: User, salt_seed: str) -> None:
     groups = read_db(tree, "group")
     missing = [g for g in user.groups if g not in groups]
@@ -101,9 +119,9 @@ def add_user(tree: Path, user: User, salt_seed: str) -> None:
     if user.gid is not None and not any(f[2] == str(user.gid) for f in groups.values()):
         add_group(tree, user.name, user.gid)
     if user.name in read_db(tree, "passwd"):
-        raise UsageError(f"user {user.name} already exists in the image (created by a package)",
-                         "choose another name")
-    tool.run(_useradd_argv(tree, user, salt_seed), what=f"useradd {user.name}", env=ENV)
+        _modify_existing(tree, user, salt_seed)
+    else:
+        tool.run(_useradd_argv(tree, user, salt_seed), what=f"useradd {user.name}", env=ENV)
     if user.force_password_reset:
         tool.run(["chage", "--root", str(tree), "-d", "0", user.name],
                  what=f"chage {user.name}", env=ENV)
