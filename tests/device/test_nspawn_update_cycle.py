@@ -163,6 +163,7 @@ def test_second_attempt_by_hand_succeeds(scenario: dict[str, Any]) -> None:
     last = scenario["log"][6]
     assert last["booted"] == scenario["v3"] and last["health"] == "green"
     assert last["status"]["deployments"][1]["checksum"] == scenario["v2"]
+    assert scenario["v3"] not in last["status"]["denylist"]  # proven good now
     assert scenario["grubenv"][-1].get("boot_success") == "1"
 
 

@@ -56,6 +56,17 @@ def remember_bad(sysroot: Sysroot, osname: str, csum: str, now: dt.datetime) -> 
         atomic_write(path, old + f"{csum} rolled-back {now.isoformat()}\n")
 
 
+def forgive(sysroot: Sysroot, osname: str, csum: str) -> None:
+    """A commit that just booted green is no longer "bad" (e.g. the retry by hand worked)."""
+    path = ops.var_lib(sysroot, osname) / "denylist"
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = [ln for ln in lines if not ln.startswith(csum)]
+    if keep != lines:
+        atomic_write(path, "".join(f"{ln}\n" for ln in keep))
+
+
 def act(sysroot: Sysroot, root: Path, d: BootDecision, facts: BootFacts, now: dt.datetime,
         log: Callable[[str], None]) -> None:
     osname = ops.pick_osname(sysroot)
@@ -66,6 +77,8 @@ def act(sysroot: Sysroot, root: Path, d: BootDecision, facts: BootFacts, now: dt
         log("made the booted deployment the default")
     if d.denylist:
         remember_bad(sysroot, osname, d.denylist, now)
+    if d.health.value == "green" and facts.booted_checksum:
+        forgive(sysroot, osname, facts.booted_checksum)
     hook_env = {"GREENBOOT_FALLBACK": "1" if d.fallback else "0"}
     if d.run_red:
         greenboot.run_hooks(root, "red.d", log=log, env=hook_env)
