@@ -179,7 +179,7 @@ class Server:
             log.warning("server cleanup: %s", exc)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
-        if not self._thread.is_alive():
+        if not self._thread.is_alive() and not self._loop.is_running():
             self._loop.close()
         self._thread = None
 
