@@ -47,6 +47,12 @@ def register(sub: Any) -> None:
     p.add_argument("-r", "--reboot", action="store_true")
     p.set_defaults(func=cmd_upgrade)
 
+    _register_changes(verbs)
+    _register_device_side(verbs)
+    dev.set_defaults(func=lambda a: (dev.print_help(), 2)[1])
+
+
+def _register_changes(verbs: Any) -> None:
     p = verbs.add_parser("deploy", help="deploy a given commit")
     _sysroot_arg(p)
     p.add_argument("rev")
@@ -76,6 +82,10 @@ def register(sub: Any) -> None:
     p.add_argument("-u", "--unpin", action="store_true")
     p.set_defaults(func=cmd_pin)
 
+
+
+def _register_device_side(verbs: Any) -> None:
+    """Verbs the image's units run, and the nspawn bootloader."""
     p = verbs.add_parser("boot", help="boot the sysroot under systemd-nspawn (bootloader)")
     p.add_argument("--sysroot", required=True)
     p.add_argument("--max-boots", type=int, default=6)
@@ -99,10 +109,9 @@ def register(sub: Any) -> None:
     p.add_argument("--no-reboot", action="store_true")
     p.set_defaults(func=cmd_agent)
 
-    p = verbs.add_parser("agent-generator", help=argparse.SUPPRESS)
+    p = verbs.add_parser("agent-generator", help="systemd generator: agent.toml -> timer drop-ins")
     p.add_argument("outdir", nargs="+")
     p.set_defaults(func=cmd_generator)
-    dev.set_defaults(func=lambda a: (dev.print_help(), 2)[1])
 
 
 def _open(args: argparse.Namespace) -> Any:
