@@ -170,3 +170,35 @@ def test_promotion_is_atomic_under_a_concurrent_reader(tmp_path: Path, tree: Pat
     assert not problems, problems[:3]
     assert len(seen) >= 2
     assert Repo.open(prod).has_object(Repo.open(prod).read_ref("os") or "", ObjectType.COMMIT)
+
+
+def test_cli_serve_logs_running_totals_and_stops_on_sigterm(src_repo: tuple[Repo, str]
+                                                            ) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).parent / "atomicedge"
+    proc = subprocess.Popen([str(exe), "repo", "serve", "--repo", str(src_repo[0].path),
+                             "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert f"127.0.0.1:{port}" in first
+        for _ in range(50):
+            try:
+                status, body, _h = _get(f"http://127.0.0.1:{port}/config")
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert status == 200
+        line = proc.stdout.readline()
+        assert "GET /config 200" in line and f"served 1 files, {len(body)} bytes" in line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=20)
+    assert rc == 0
