@@ -58,6 +58,11 @@ def test_real_ostree_status_agrees_through_init_deploy_upgrade_rollback_cleanup(
     assert ids == ostree_status_ids(s) and commits[0] in ids[0]
     assert _cli("device", "cleanup", "-r", "--sysroot", str(s))[0] == 0
     assert our_status_ids(s) == ostree_status_ids(s) and len(our_status_ids(s)) == 1
+    commits.append(commit_tiny(src, tmp_path, "3"))
+    assert _cli("device", "upgrade", "--sysroot", str(s))[0] == 0
+    assert _cli("device", "undeploy", "0", "--sysroot", str(s))[0] == 0
+    assert our_status_ids(s) == ostree_status_ids(s) and commits[0] in our_status_ids(s)[0]
+    assert _cli("device", "undeploy", "5", "--sysroot", str(s))[0] == 2
     _ostree("fsck", f"--repo={s}/ostree/repo")
 
 

@@ -76,6 +76,11 @@ def _register_changes(verbs: Any) -> None:
     p.add_argument("-r", "--rollback", action="store_true")
     p.set_defaults(func=cmd_cleanup)
 
+    p = verbs.add_parser("undeploy", help="remove the deployment at INDEX (ostree admin undeploy)")
+    _sysroot_arg(p)
+    p.add_argument("index", type=int)
+    p.set_defaults(func=cmd_undeploy)
+
     p = verbs.add_parser("pin", help="keep a deployment (never garbage-collected)")
     _sysroot_arg(p)
     p.add_argument("index", type=int)
@@ -198,6 +203,14 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     sysroot, _os = _open(args)
     res = ops.cleanup(sysroot, pending=args.pending, rollback=args.rollback)
     print(f"Removed {res['deployments']} deployment(s), {res['objects']} object(s)")
+    return 0
+
+
+def cmd_undeploy(args: argparse.Namespace) -> int:
+    from atomicedge.device import deploy
+    sysroot, _os = _open(args)
+    deploy.undeploy(sysroot, args.index)
+    print(f"Deleted deployment at index {args.index}")
     return 0
 
 
