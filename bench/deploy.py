@@ -1,8 +1,11 @@
 """Deploy benchmark: our deploy vs ``ostree admin deploy`` of the same commit, and the time
 of a full failed-update cycle (3 bad boots + fallback) under systemd-nspawn.
 
-Usage: .venv/bin/python bench/deploy.py [--skip-cycle]
-Trees: the cached mmdebstrap lab tree (systemd, dbus, python3; ~200 MB) as v1 and v2.
+Usage: .venv/bin/python bench/deploy.py [--runs N] [--skip-cycle] [--trees lab|commit]
+Trees: ``commit`` (default) = the v1/v2 minbase trees of bench/commit.py (v2 adds strace and
+curl), ostree-ified (``etc`` -> ``usr/etc``, a dummy kernel); ``lab`` = the device test tree
+(systemd, dbus, python3). Both deploys run on identical copies of the same sysroot, interleaved,
+best of N; ours includes its cleanup/prune as ``ostree admin deploy`` does.
 """
 
 from __future__ import annotations
@@ -34,12 +37,29 @@ def _rm(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def _deploy_compare(w: Path, runs: int) -> dict[str, float]:
+def _commit_tree(repo: Repo, w: Path, name: str, which: str) -> str:
+    from atomicedge.store.commit import commit_directory
+    if which == "lab":
+        return testtree.lab_commit(repo, w, name, REF)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_commit",
+                                                  Path(__file__).with_name("commit.py"))
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tree = testtree.ostreeify(mod.ensure_tree(name), w / f"tree-{name}", version=name)
+    try:
+        return commit_directory(repo, tree, branch=REF, subject=name)
+    finally:
+        shutil.rmtree(tree)
+
+
+def _deploy_compare(w: Path, runs: int, which: str) -> dict[str, float]:
     s = sr.init_fs(w / "base")
     sr.os_init(s, "edge")
-    v1 = testtree.lab_commit(s.repo, w, "1.0", REF)
+    v1 = _commit_tree(s.repo, w, "v1", which)
     dp.deploy(s, "edge", v1, Origin.new(REF), ["rw"])
-    v2 = testtree.lab_commit(s.repo, w, "2.0", REF)
+    v2 = _commit_tree(s.repo, w, "v2", which)
     ours, theirs = [], []
     for i in range(runs):
         for who in ("ours", "ostree"):
@@ -84,12 +104,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip-cycle", action="store_true")
+    ap.add_argument("--trees", choices=("commit", "lab"), default="commit")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-deploy-", dir="/var/tmp") as tmp:
         w = Path(tmp)
         (w / "cmp").mkdir()
-        res = _deploy_compare(w / "cmp", args.runs)
-        print(f"deploy v2 (best of {args.runs}): ours {res['ours_s']} s, "
+        res = _deploy_compare(w / "cmp", args.runs, args.trees)
+        print(f"deploy v2 ({args.trees} trees, best of {args.runs}): ours {res['ours_s']} s, "
               f"ostree admin deploy {res['ostree_s']} s, ratio {res['ratio']}x (target <= 1.0)")
         if not args.skip_cycle:
             (w / "cyc").mkdir()

@@ -85,7 +85,7 @@ def reachable(repo: Repo, commit: str) -> set[tuple[str, ObjectType]]:
 class _Linker:
     def __init__(self, repo: Repo) -> None:
         self.repo = repo
-        self.objects_fd_cache: dict[str, int] = {}
+        self.objects = str(repo.objects) + "/"
         self.metas: dict[str, DirMeta] = {}
 
     def _tree(self, csum: str) -> TreeEntries:
@@ -116,7 +116,7 @@ class _Linker:
             os.close(fd)
 
     def _link(self, dir_fd: int, name: str, csum: str) -> None:
-        path = self.repo.objects / csum[:2] / f"{csum[2:]}.file"
+        path = self.objects + csum[:2] + "/" + csum[2:] + ".file"  # hot path: no pathlib
         try:
             os.link(path, name, dst_dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
