@@ -192,3 +192,24 @@ def test_window_wraps_over_the_week_end() -> None:
     assert not w.contains(dt.datetime(2026, 11, 23, 0, 45, tzinfo=dt.UTC))
     with pytest.raises(ValueError):
         parse_window(["Someday"], "03:00", 10)
+
+
+def test_bootloader_boots_the_default_when_grubenv_is_corrupt(tmp_path: Path) -> None:
+    from devhelpers import commit_tiny
+
+    from atomicedge.device import bootloader
+    from atomicedge.device import deploy as dp
+    from atomicedge.device import sysroot as sr
+    from atomicedge.device.origin import Origin
+    s = sr.init_fs(tmp_path / "s")
+    sr.os_init(s, "testos")
+    v1 = commit_tiny(s.repo, tmp_path, "1")
+    dp.deploy(s, "testos", v1, Origin.new("testos/stable"))
+    v2 = commit_tiny(s.repo, tmp_path, "2")
+    dp.deploy(s, "testos", v2, Origin.new("testos/stable"), arm_counter=True)
+    assert bootloader.select(s).deployment_dir.name.startswith(v2)  # 3 -> 2
+    assert grubenv.GrubEnv(s.grubenv_path).read()["boot_counter"] == "2"
+    s.grubenv_path.write_bytes(b"garbage")
+    choice = bootloader.select(s)
+    assert choice.index == 0 and choice.deployment_dir.name.startswith(v2)
+    assert s.grubenv_path.read_bytes() == b"garbage"  # GRUB does not rewrite what it can't read

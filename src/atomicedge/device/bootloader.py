@@ -48,9 +48,13 @@ def select(sysroot: Sysroot) -> BootChoice:
         raise NotFoundError(f"no boot entries in {sysroot.boot / 'loader' / 'entries'}",
                             "install the device first: atomicedge device install")
     env_file = GrubEnv(sysroot.grubenv_path)
-    env = env_file.read() if env_file.exists() else {}
+    try:
+        env = env_file.read() if env_file.exists() else {}
+        writable = env_file.exists()
+    except CorruptionError:  # GRUB's load_env fails quietly: boot the default, save nothing
+        env, writable = {}, False
     step = grub_step(env, len(entries))
-    if env_file.exists():
+    if writable:
         env_file.write(step.env)
     entry = entries[step.entry]
     arg = entry.ostree_arg
