@@ -16,6 +16,7 @@ there first.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -70,7 +71,7 @@ def nspawn_argv(sysroot: Sysroot, choice: bootloader.BootChoice, flag_file: Path
     var = sysroot.stateroot(osname) / "var"
     src, site = _host_python_dirs()
     argv = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(ddir),
-            "--private-network", "--console=read-only", "--machine=atomicedge-device",
+            "--private-network", "--console=read-only", f"--machine=atomicedge-{os.getpid()}",
             f"--bind={sysroot.path.resolve()}:/sysroot:norbind", f"--bind={var.resolve()}:/var",
             f"--bind-ro={ddir}/usr:/usr", f"--bind-ro={flag_file}:/run/ostree-booted",
             f"--bind-ro={src}:/usr/lib/atomicedge/python"]
