@@ -73,15 +73,22 @@ class Fetcher:
         self._lock = threading.Lock()
         self._root = Path(unquote(parts.path)) if parts.scheme == "file" else None
         self._pool: urllib3.PoolManager | None = None
+        self._host: urllib3.HTTPConnectionPool | None = None
+        self._base = parts.path.rstrip("/")
         if parts.scheme != "file":
             self._pool = urllib3.PoolManager(
                 num_pools=4, maxsize=max_connections, block=True,
                 timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
                 retries=False, headers={"User-Agent": "atomicedge-pull/1"})
+            # the repository's own host: requests go straight to its pool (no per-request
+            # URL parsing); redirects elsewhere go through the PoolManager
+            self._host = self._pool.connection_from_url(self.url)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.clear()
+        if self._host is not None:
+            self._host.close()
 
     def __enter__(self) -> Fetcher:
         return self
@@ -138,10 +145,15 @@ class Fetcher:
     def _fetch_once(self, path: str, max_size: int) -> bytes | None:
         if self._root is not None:
             return self._read_file(path, max_size)
-        assert self._pool is not None
+        assert self._pool is not None and self._host is not None
         url = f"{self.url}/{quote(path)}"
         try:
-            resp = self._pool.request("GET", url, preload_content=False, redirect=True)
+            resp = self._host.urlopen("GET", f"{self._base}/{quote(path)}",
+                                      preload_content=False, redirect=False, retries=False)
+            if 300 <= resp.status < 400:
+                resp.drain_conn()
+                resp.release_conn()
+                resp = self._pool.request("GET", url, preload_content=False, redirect=True)
         except Urllib3Error as exc:
             self._count(0)
             raise _Transient(str(exc)) from None
