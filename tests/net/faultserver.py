@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote
 
 KINDS = ("truncate", "flip", "wrong", "500", "stall", "reset", "reset-mid")
 FaultFn = Callable[[int, str], str | None]
@@ -65,7 +66,7 @@ class FaultServer(socketserver.ThreadingTCPServer):
         self.server_close()
 
     def _file(self, path: str) -> bytes | None:
-        rel = path.lstrip("/")
+        rel = unquote(path).lstrip("/")
         if ".." in rel.split("/"):
             return None
         full = self.root / rel

@@ -129,3 +129,29 @@ def test_interrupted_pull_keeps_finished_batches(tmp_path: Path, src_repo: tuple
         res = pull(dst, clean.url, ["main"], **FAST)
     assert res.stats.metadata_fetched + res.stats.content_fetched < len(reachable(repo, csum))
     ostree_fsck(dst.path)
+
+
+@pytest.mark.parametrize("kind", ["flip", "truncate", "reset-mid", "wrong"])
+def test_faults_during_a_delta_pull_never_store_bad_objects(tmp_path: Path,
+                                                            tiny_repo: tuple[Repo, str],
+                                                            kind: str) -> None:
+    from atomicedge.store import delta
+    repo, csum = tiny_repo
+    delta.generate(repo, None, csum)
+    summary.update(repo)
+    with FaultServer(repo.path) as probe:
+        res = pull(_client(tmp_path / "probe"), probe.url, ["main"], **FAST)
+        assert res.stats.deltas == [csum]
+        n_requests = probe.count
+    for index in range(n_requests):
+        dst = _client(tmp_path / f"{kind}-{index}")
+        with FaultServer(repo.path, at(index, kind)) as srv:
+            try:
+                pull(dst, srv.url, ["main"], retries=0, **FAST)
+            except AtomicEdgeError:
+                pass
+        _all_objects_valid(dst)
+        with FaultServer(repo.path) as clean:
+            pull(dst, clean.url, ["main"], **FAST)
+        assert dst.read_ref("main") == csum and not dst.is_partial(csum)
+    ostree_fsck(dst.path)

@@ -13,7 +13,8 @@ from net_helpers import make_tree, ostree_client, ostree_fsck, run
 
 from atomicedge.cli.main import main
 from atomicedge.store import delta_format as df
-from atomicedge.store import promote, remotes, summary
+from atomicedge.store import objects as ob
+from atomicedge.store import promote, remotes, sign, summary
 from atomicedge.store.commit import commit_directory
 from atomicedge.store.objects import ObjectType
 from atomicedge.store.pull import pull
@@ -101,9 +102,17 @@ def test_summary_update_is_read_by_ostree_view(tmp_path: Path, tree: Path,
     assert main(["repo", "summary", "--view", "--repo", str(repo.path)]) == 0
     ours = capsys.readouterr().out
     assert "* a-two" in ours and "Version (ostree.commit.version): 1.0" in ours
+    ours_s = summary.load(repo)
     run("ostree", f"--repo={repo.path}", "summary", "-u")
     s = summary.load(repo)  # and we read ostree's own summary
-    assert [r.name for r in s.refs] == ["a-two", "b/one"] and s.deltas
+    assert [r.name for r in s.refs] == ["a-two", "b/one"] and s.deltas == ours_s.deltas
+    for theirs, mine in zip(s.refs, ours_s.refs, strict=True):
+        # commit size (host order), checksum, BE timestamp and version are the same
+        assert (theirs.size, theirs.commit, theirs.timestamp, theirs.version) == \
+            (mine.size, mine.commit, mine.timestamp, mine.version)
+    for key in ("ostree.summary.mode", "ostree.summary.tombstone-commits",
+                "ostree.summary.indexed-deltas"):
+        assert s.metadata[key] == ours_s.metadata[key], key
 
 
 def test_promotion_is_idempotent_and_publishes_delta_and_summary(tmp_path: Path,
@@ -123,6 +132,14 @@ def test_promotion_is_idempotent_and_publishes_delta_and_summary(tmp_path: Path,
     mtime = (prod / "summary").stat().st_mtime_ns
     assert promote.promote(f"file://{stage.path}", prod, ["os"]) == {"os": (v2, v2)}
     assert (prod / "summary").stat().st_mtime_ns == mtime  # a no-op
+    secret, public = sign.ed25519_generate()
+    make_tree(tree, 3)
+    commit_directory(stage, tree, branch="os", subject="v3")
+    assert main(["repo", "promote", "--from", f"file://{stage.path}", "--to", str(prod),
+                 "--sign", secret, "os"]) == 0
+    sig = ob.decode_metadata_dict((prod / "summary.sig").read_bytes())
+    pol = sign.TrustPolicy(ed25519=True, ed25519_keys=[public])
+    sign.verify("summary", (prod / "summary").read_bytes(), sig, pol)
     ostree_fsck(prod)
     with Server(prod) as srv:
         client = ostree_client(tmp_path / "client", srv.url, "--no-gpg-verify")
