@@ -46,11 +46,13 @@ class FaultServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, root: Path, fault: FaultFn | None = None, stall: float = 1.0) -> None:
+    def __init__(self, root: Path, fault: FaultFn | None = None, stall: float = 1.0,
+                 delay: float = 0.0) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = root
         self.fault = fault
         self.stall = stall
+        self.delay = delay
         self.count = 0
         self.lock = threading.Lock()
         self.injected: list[tuple[int, str, str]] = []
@@ -75,6 +77,8 @@ class FaultServer(socketserver.ThreadingTCPServer):
     def respond(self, sock: socket.socket, path: str) -> bool:
         """Answer one request; False closes the connection."""
         body = self._file(path)
+        if self.delay:
+            time.sleep(self.delay)
         with self.lock:
             index = self.count
             self.count += 1

@@ -155,3 +155,33 @@ def test_faults_during_a_delta_pull_never_store_bad_objects(tmp_path: Path,
             pull(dst, clean.url, ["main"], **FAST)
         assert dst.read_ref("main") == csum and not dst.is_partial(csum)
     ostree_fsck(dst.path)
+
+
+def test_kill_9_during_a_pull_then_rerun_fetches_only_what_is_missing(
+        tmp_path: Path, src_repo: tuple[Repo, str]) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    repo, csum = src_repo
+    dst = _client(tmp_path / "d")
+    exe = Path(sys.executable).parent / "atomicedge"
+    total = len(reachable(repo, csum))
+    with FaultServer(repo.path, delay=0.02) as srv:
+        env = {**os.environ, "ATOMICEDGE_PULL_BATCH": "4"}
+        proc = subprocess.Popen([str(exe), "repo", "pull", "--repo", str(dst.path),
+                                 "--no-progress", srv.url, "main"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while sum(1 for _ in dst.iter_objects()) < 12 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    kept = sum(1 for _ in dst.iter_objects())
+    assert 12 <= kept < total and dst.is_partial(csum)
+    ostree_fsck(dst.path)
+    with FaultServer(repo.path) as clean:
+        res = pull(dst, clean.url, ["main"], **FAST)
+    assert res.stats.metadata_fetched + res.stats.content_fetched == total - kept
+    ostree_fsck(dst.path)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 import zlib
@@ -39,7 +40,7 @@ from atomicedge.store.repo import Repo, validate_ref
 
 log = logging.getLogger(__name__)
 
-BATCH = 1500
+BATCH = int(os.environ.get("ATOMICEDGE_PULL_BATCH", "") or 1000)  # objects per commit
 MAX_METADATA = 128 * 1024 * 1024
 MAX_FILE = 4 * 1024 * 1024 * 1024
 ObjRef = tuple[str, ObjectType]
