@@ -174,9 +174,22 @@ class Fetcher:
             if declared is not None and declared.isdigit() and int(declared) > max_size:
                 self._count(0)
                 raise _Transient(f"{declared} bytes, over the {max_size}-byte cap")
+            if declared is not None and declared.isdigit():
+                return self._read_declared(resp)  # length known and within the cap
             return self._read_capped(resp, url, max_size)
         finally:
             resp.release_conn()
+
+    def _read_declared(self, resp: urllib3.BaseHTTPResponse) -> bytes:
+        """One read of a body whose Content-Length is known (urllib3 enforces it)."""
+        try:
+            data = resp.read(decode_content=False)
+        except Urllib3Error as exc:
+            self._count(0)
+            resp.close()
+            raise _Transient(f"{exc.__class__.__name__}: {exc}") from None
+        self._count(len(data))
+        return data
 
     def _read_capped(self, resp: urllib3.BaseHTTPResponse, url: str, max_size: int) -> bytes:
         buf = bytearray()
