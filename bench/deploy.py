@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,7 +79,10 @@ def _deploy_compare(w: Path, runs: int, which: str) -> dict[str, float]:
                 theirs.append(time.perf_counter() - t)
             _rm(dest)
     o, t2 = min(ours), min(theirs)
-    return {"ours_s": round(o, 3), "ostree_s": round(t2, 3), "ratio": round(o / t2, 2)}
+    mo, mt = statistics.median(ours), statistics.median(theirs)
+    return {"ours_s": round(o, 3), "ostree_s": round(t2, 3), "ratio": round(o / t2, 2),
+            "ours_median_s": round(mo, 3), "ostree_median_s": round(mt, 3),
+            "median_ratio": round(mo / mt, 2)}
 
 
 def _failed_cycle(w: Path) -> dict[str, float]:
@@ -111,7 +115,9 @@ def main() -> None:
         (w / "cmp").mkdir()
         res = _deploy_compare(w / "cmp", args.runs, args.trees)
         print(f"deploy v2 ({args.trees} trees, best of {args.runs}): ours {res['ours_s']} s, "
-              f"ostree admin deploy {res['ostree_s']} s, ratio {res['ratio']}x (target <= 1.0)")
+              f"ostree admin deploy {res['ostree_s']} s, ratio {res['ratio']}x (target <= 1.0); "
+              f"medians {res['ours_median_s']} s vs {res['ostree_median_s']} s "
+              f"= {res['median_ratio']}x")
         if not args.skip_cycle:
             (w / "cyc").mkdir()
             c = _failed_cycle(w / "cyc")
