@@ -4,6 +4,10 @@ Install a device from ``repo_path``/``ref``, boot it under systemd-nspawn, publi
 whose required health check fails (the seed's ``orig.txt`` check), let the device stage it,
 watch three failed boots and the automatic fallback, then remove the check's cause and
 upgrade by hand - the second attempt succeeds.
+
+It publishes two commits on ``ref`` in ``repo_path`` (the device image "1.0" - the served OS
+plus the agent, the seed's check and the lab driver - and the update "2.0"), so pass a ref
+dedicated to the device act if other parts of the demo still need the old tip.
 """
 
 from __future__ import annotations
