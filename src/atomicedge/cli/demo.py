@@ -29,6 +29,7 @@ from atomicedge.store.gvariant import Variant
 from atomicedge.store.repo import Repo
 
 console = Console(soft_wrap=True)
+DEVICE_REF = "debian/12/x86_64/edge-lab"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -122,6 +123,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         results["device"] = _external_act(
             "Act 4 — a device: update, three failed boots, automatic rollback",
             "atomicedge.device.demo",
-            lambda m: m.run(work / "device", Path(source["repo"]), source["ref"], console))
+            # the lab image (systemd + the seed's health check) gets a ref of its own, so the
+            # composed gateway history above stays as the earlier acts left it
+            lambda m: m.run(work / "device", Path(source["repo"]), DEVICE_REF, console))
     console.print(Rule(f"demo finished in {time.monotonic() - t0:.1f} s"))
     return 0
