@@ -15,9 +15,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from atomicedge.errors import UsageError
 from atomicedge.store import inspect as ins
 from atomicedge.store.checkout import checkout
-from atomicedge.store.commit import commit_directory, parse_timestamp
+from atomicedge.store.commit import commit_directory, parse_metadata_strings, parse_timestamp
 from atomicedge.store.fsck import fsck, prune
-from atomicedge.store.gvariant import Variant
 from atomicedge.store.repo import Repo
 
 # modules that add verbs of their own (network, packages) through register_repo_verbs()
@@ -161,16 +160,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _metadata(pairs: list[str]) -> dict[str, Variant]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--add-metadata-string {pair!r} is not KEY=VALUE")
-        out[key] = Variant("s", value)
-    return out
-
-
 def cmd_commit(args: argparse.Namespace) -> int:
     src = args.path
     if args.tree:
@@ -192,7 +181,8 @@ def cmd_commit(args: argparse.Namespace) -> int:
 
         csum = commit_directory(repo, src, branch=args.branch, subject=args.subject,
                                 body=args.body, parent=parent, timestamp=ts,
-                                metadata=_metadata(args.add_metadata_string),
+                                metadata=parse_metadata_strings(args.add_metadata_string,
+                                                                "--add-metadata-string"),
                                 bootable=args.bootable, generate_sizes=args.generate_sizes,
                                 xattrs=not args.no_xattrs, skip_special=args.skip_special,
                                 bind_ref=not args.no_bindings, progress=progress)

@@ -69,6 +69,17 @@ def parse_timestamp(text: str) -> int:
     return int(dt.timestamp())
 
 
+def parse_metadata_strings(items: list[str], flag: str) -> dict[str, Variant]:
+    """``KEY=VALUE`` strings from the command line -> string-typed metadata."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{flag} {item!r} is not KEY=VALUE")
+        out[key] = Variant("s", value)
+    return out
+
+
 def commit_directory(repo: Repo, src: str | os.PathLike[str], *,
                      progress: Progress | None = None, **kwargs: object) -> str:
     """Commit ``src``; keyword arguments are the fields of :class:`CommitOptions`."""

@@ -205,7 +205,9 @@ def parse_file_header(data: bytes) -> tuple[FileHeader, int]:
 
 
 def encode_ostreemeta(uid: int, gid: int, mode: int, xattrs: Xattrs) -> bytes:
-    """The ``user.ostreemeta`` xattr of bare-user objects."""
+    """The ``user.ostreemeta`` xattr of bare-user objects (and the dirmeta encoding)."""
+    if not xattrs:  # hot path: three BE u32 and an empty trailing array, no framing
+        return _EMPTY_PLAIN_HDR.pack(uid, gid, mode)
     return gv.encode(DIRMETA_SIG, (bswap32(uid), bswap32(gid), bswap32(mode),
                                    _xattr_list(xattrs)))
 

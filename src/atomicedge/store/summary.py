@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from atomicedge.errors import FormatError, NotFoundError, UsageError
+from atomicedge.errors import FormatError, NotFoundError
 from atomicedge.fsutil import atomic_write
 from atomicedge.store import delta_format as df
 from atomicedge.store import gpg, sign
@@ -220,13 +220,8 @@ def update(repo: Repo, *, sign_opts: SignOptions | None = None, now: int | None 
 
 
 def parse_add_metadata(items: list[str]) -> dict[str, Variant]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--add-metadata {item!r}: expected KEY=VALUE")
-        out[key] = Variant("s", value)
-    return out
+    from atomicedge.store.commit import parse_metadata_strings
+    return parse_metadata_strings(items, "--add-metadata")
 
 
 # ---------------------------------------------------------------------------------------
