@@ -94,8 +94,10 @@ def _summary(repo: Repo) -> None:
     console.print(summary.view(summary.load(repo)), markup=False, highlight=False)
 
 
-def _external_act(title: str, module: str, call: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+def _external_act(title: str, module: str, call: Callable[[Any], dict[str, Any]],
+                  workdir: Path) -> dict[str, Any]:
     console.print(Rule(title))
+    workdir.mkdir(parents=True, exist_ok=True)
     mod = importlib.import_module(module)
     return call(mod)
 
@@ -113,18 +115,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if "compose" in acts:
         results["compose"] = _external_act(
             "Act 2 — build images from a blueprint", "atomicedge.compose.demo",
-            lambda m: m.run(work / "compose", console))
+            lambda m: m.run(work / "compose", console), work / "compose")
     source = results.get("compose") or results.get("store") or {}
     if "net" in acts and source:
         results["net"] = _external_act(
             "Act 3 — serve, pull, update with a static delta", "atomicedge.store.netdemo",
-            lambda m: m.run(work / "net", Path(source["repo"]), source["ref"], console))
+            lambda m: m.run(work / "net", Path(source["repo"]), source["ref"], console),
+            work / "net")
     if "device" in acts and source:
         results["device"] = _external_act(
             "Act 4 — a device: update, three failed boots, automatic rollback",
             "atomicedge.device.demo",
             # the lab image (systemd + the seed's health check) gets a ref of its own, so the
             # composed gateway history above stays as the earlier acts left it
-            lambda m: m.run(work / "device", Path(source["repo"]), DEVICE_REF, console))
+            lambda m: m.run(work / "device", Path(source["repo"]), DEVICE_REF, console),
+            work / "device")
     console.print(Rule(f"demo finished in {time.monotonic() - t0:.1f} s"))
     return 0
