@@ -289,8 +289,7 @@ def _stage_file(ctx: _WorkerContext, path: str) -> tuple[str, str, int, int]:
         unpacked = len(os.fsencode(h.symlink_target))
     else:
         h = FileHeader(st.st_uid, st.st_gid, st.st_mode, "", xattrs)
-        with open(path, "rb") as f:
-            content = f.read()
+        content = _read_all(path, st.st_size)
         unpacked = len(content)
     csum = ob.content_checksum(h, content)
     ext = "filez" if ctx.mode == "archive" else "file"
@@ -303,6 +302,25 @@ def _stage_file(ctx: _WorkerContext, path: str) -> tuple[str, str, int, int]:
     except FileExistsError:  # the same content twice in this commit
         return csum, "", _archived_size(ctx, staged, unpacked), unpacked
     return csum, staged, _archived_size(ctx, staged, unpacked), unpacked
+
+
+def _read_all(path: str, size: int) -> bytes:
+    """os.read instead of open(): a buffered file object costs three extra syscalls."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        data = os.read(fd, size + 1)
+        if len(data) <= size:
+            return data if len(data) == size else data + _read_rest(fd)
+        return data + _read_rest(fd)  # the file grew while we read it
+    finally:
+        os.close(fd)
+
+
+def _read_rest(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _archived_size(ctx: _WorkerContext, path: str, unpacked: int) -> int:
