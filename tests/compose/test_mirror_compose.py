@@ -70,6 +70,23 @@ def test_v1_is_a_bootable_edge_commit(chain: dict[str, str | Path]) -> None:
     assert not list((co / "usr/etc/ssh").glob("ssh_host_*"))           # per-device host keys
 
 
+def test_edge_image_ships_the_device_agent_and_it_runs(chain: dict[str, str | Path]) -> None:
+    co = Path(chain["co"])
+    units = co / "usr/lib/systemd/system"
+    for unit in ("atomicedge-finalize-staged.service", "atomicedge-healthcheck.service",
+                 "atomicedge-agent.timer"):
+        assert (units / unit).is_file()
+    assert (units / "multi-user.target.wants/atomicedge-healthcheck.service").is_symlink()
+    assert (co / "usr/etc/atomicedge/agent.toml").is_file()
+    # the image's own python3 runs the image's own copy of atomicedge
+    ver = subprocess.run(["chroot", str(co), "/usr/bin/atomicedge", "--version"],
+                         capture_output=True, text=True, check=False)
+    assert ver.returncode == 0 and ver.stdout.startswith("atomicedge "), ver.stderr
+    helped = subprocess.run(["chroot", str(co), "/usr/bin/atomicedge", "device", "--help"],
+                            capture_output=True, text=True, check=False)
+    assert helped.returncode == 0 and "health-check" in helped.stdout, helped.stderr
+
+
 def test_v1_customizations_in_real_checkout(chain: dict[str, str | Path]) -> None:
     co = Path(chain["co"])
     group = (co / "usr/etc/group").read_text()

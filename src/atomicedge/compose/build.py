@@ -127,6 +127,19 @@ def input_hash(tree_key: str, bp: Blueprint) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _install_agent(tree: Path) -> None:
+    """Ship the device agent: units, timers, greenboot dirs, and atomicedge's own code (pure
+    Python; its imports are Debian packages of the edge base, ISA-L falls back to zlib)."""
+    import shutil
+
+    import atomicedge
+    from atomicedge.device.image import install_device_files
+    install_device_files(tree)
+    dest = tree / "usr" / "lib" / "atomicedge" / "python" / "atomicedge"
+    shutil.copytree(Path(atomicedge.__file__).parent, dest,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
 def _customize(tree: Path, bp: Blueprint, profile: str) -> None:
     cust = bp.customizations
     accounts.apply(tree, bp)
@@ -251,6 +264,8 @@ def compose(req: ComposeRequest, steps: Steps | None = None) -> ComposeResult:
             _customize(tree, bp, req.profile)
         with steps.step("ostree preparation"):
             prep = ostreeprep.prepare(tree)
+            if req.profile == "edge":
+                _install_agent(tree)
         with steps.step("commit"):
             from atomicedge.store.commit import commit_directory
             csum = commit_directory(

@@ -25,7 +25,9 @@ from atomicedge.fsutil import atomic_write
 
 MINBASE = ["?essential", "?priority(required)", "apt"]
 EDGE_BASE = ["systemd", "systemd-sysv", "udev", "dbus", "kmod", "iproute2", "openssh-server",
-             "sudo", "dracut", "ostree", "ostree-boot", "ca-certificates"]
+             "sudo", "dracut", "ostree", "ostree-boot", "ca-certificates",
+             # the device agent (atomicedge itself, copied in by the build) runs on these
+             "python3", "python3-rich", "python3-urllib3", "python3-nacl"]
 PROFILES = ("edge", "test")
 DEFAULT_KERNEL = {"amd64": "linux-image-amd64", "arm64": "linux-image-arm64"}
 
