@@ -23,7 +23,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from atomicedge.device import etcmerge, faults, hardlink
+from atomicedge.device import etcmerge, faults
 from atomicedge.device.grubenv import GrubEnv
 from atomicedge.device.hardlink import checkout
 from atomicedge.device.origin import Origin
@@ -31,6 +31,7 @@ from atomicedge.device.sysroot import PIN_GROUP, Deployment, Sysroot, find_kerne
 from atomicedge.errors import CorruptionError, NotFoundError, UsageError
 from atomicedge.fsutil import atomic_write, fsync_dir
 from atomicedge.store.objects import ObjectType
+from atomicedge.store.walk import reachable
 
 STAGED_REF = "atomicedge/staged"
 MAX_BOOT_ATTEMPTS = 3
@@ -410,7 +411,7 @@ def prune_repo(sysroot: Sysroot) -> int:
     repo = sysroot.repo
     live: set[tuple[str, ObjectType]] = set()
     for csum in set(repo.list_refs().values()):
-        live |= hardlink.reachable(repo, csum)
+        live |= reachable(repo, csum, depth=0, missing_ok=True)
     n = 0
     with repo.lock(exclusive=True):
         dead = []

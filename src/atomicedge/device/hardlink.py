@@ -61,27 +61,6 @@ def tree_entries(repo: Repo, csum: str) -> TreeEntries:
     return out
 
 
-def reachable(repo: Repo, commit: str) -> set[tuple[str, ObjectType]]:
-    """Objects of one commit (no parents): what a refs-only, depth-0 prune keeps."""
-    out: set[tuple[str, ObjectType]] = {(commit, ObjectType.COMMIT)}
-    if not repo.has_object(commit, ObjectType.COMMIT):
-        return out
-    c = repo.load_commit(commit)
-    out.add((c.root_meta, ObjectType.DIR_META))
-    stack = [c.root_tree]
-    while stack:
-        t = stack.pop()
-        if (t, ObjectType.DIR_TREE) in out:
-            continue
-        out.add((t, ObjectType.DIR_TREE))
-        files, dirs = tree_entries(repo, t)
-        out.update((f, ObjectType.FILE) for _n, f in files)
-        for _n, sub, meta in dirs:
-            out.add((meta, ObjectType.DIR_META))
-            stack.append(sub)
-    return out
-
-
 class _Linker:
     def __init__(self, repo: Repo) -> None:
         self.repo = repo
