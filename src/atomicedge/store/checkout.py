@@ -12,14 +12,13 @@ block its own checkout. Files are created relative to directory fds opened ``O_N
 from __future__ import annotations
 
 import errno
-import multiprocessing
 import os
 import stat
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from atomicedge.errors import NotFoundError, UsageError
+from atomicedge.store import forkpool
 from atomicedge.store.content import load_content
 from atomicedge.store.objects import DirMeta, FileHeader, ObjectType
 from atomicedge.store.repo import Repo
@@ -112,14 +111,6 @@ def _worker_batch(batch: list[tuple[str, tuple[tuple[str, str], ...]]]) -> None:
     _PLACER.place_batch(batch)
 
 
-def _die_with_parent(parent: int) -> None:
-    import ctypes
-    import signal
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 class _Placer:
     def __init__(self, repo: Repo, user_mode: bool, union: bool) -> None:
         self.repo = repo
@@ -129,9 +120,9 @@ class _Placer:
                                                and user_mode)
 
     def place_all(self, work: list[tuple[str, tuple[tuple[str, str], ...]]]) -> None:
-        """Forked workers (the per-file work is Python between syscalls: GIL-bound)."""
+        """In forked workers when there are many files (see forkpool)."""
         total = sum(len(files) for _p, files in work)
-        workers = os.cpu_count() or 1
+        workers = forkpool.workers()
         if total < _PARALLEL_MIN_FILES or workers < 2:
             self.place_batch(work)
             return
@@ -145,11 +136,7 @@ class _Placer:
             if size >= limit:
                 batches.append([])
                 size = 0
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                 initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-            for _ in pool.map(_worker_batch, [b for b in batches if b]):
-                pass
+        forkpool.fork_map(_worker_batch, [b for b in batches if b])
 
     def place_batch(self, work: list[tuple[str, tuple[tuple[str, str], ...]]]) -> None:
         for path, files in work:

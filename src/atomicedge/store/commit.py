@@ -7,18 +7,17 @@ are known. Objects already in the repository are never rewritten.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
 import stat
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from atomicedge.errors import NotFoundError, UsageError
+from atomicedge.store import forkpool
 from atomicedge.store import objects as ob
 from atomicedge.store.content import write_object_file
 from atomicedge.store.gvariant import Variant
@@ -243,35 +242,15 @@ _PARALLEL_MIN_FILES = 256
 
 
 def _run_jobs(ctx: _WorkerContext, paths: list[str]) -> list[tuple[str, str, int, int]]:
-    """Hash and stage every file; forked worker processes when there are many.
-
-    Processes, not threads: per-file work is dominated by Python bytecode between
-    syscalls, which the GIL would serialise on the 2-core machines we target.
-    """
+    """Hash and stage every file; in forked workers when there are many."""
     global _CTX
     _CTX = ctx
-    workers = os.cpu_count() or 1
-    if len(paths) < _PARALLEL_MIN_FILES or workers < 2:
+    n = forkpool.workers()
+    if len(paths) < _PARALLEL_MIN_FILES or n < 2:
         return _stage_batch(paths)
-    chunk = max(64, len(paths) // (workers * 6))
+    chunk = max(64, len(paths) // (n * 6))
     batches = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-    fork = multiprocessing.get_context("fork")
-    parent = os.getpid()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=fork, initializer=_die_with_parent,
-                             initargs=(parent,)) as pool:
-        out: list[tuple[str, str, int, int]] = []
-        for res in pool.map(_stage_batch, batches):
-            out.extend(res)
-    return out
-
-
-def _die_with_parent(parent: int) -> None:
-    """A worker must not outlive a killed committer: it would hold the repo lock fd."""
-    import ctypes
-    import signal
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(1)
+    return [r for res in forkpool.fork_map(_stage_batch, batches) for r in res]
 
 
 def _stage_batch(paths: list[str]) -> list[tuple[str, str, int, int]]:
