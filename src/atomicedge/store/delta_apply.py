@@ -238,7 +238,7 @@ def run_part(repo: Repo, tx: Any, payload: df.PartPayload, header: df.PartHeader
             h, data = value
             tx.write_content_trusted(csum, h, data)
         else:
-            _validate_meta(objtype, value)
+            ob.decode_metadata_object(objtype, value)
             tx.write_metadata(objtype, value, expected=csum)
         written += 1
 
@@ -252,11 +252,3 @@ def apply_part(repo: Repo, tx: Any, part_file: bytes, header: df.PartHeader,
     return run_part(repo, tx, decode_part(part_file, header, check_digest=check_digest),
                     header)
 
-
-def _validate_meta(objtype: ObjectType, data: bytes) -> None:
-    if objtype == ObjectType.DIR_TREE:
-        ob.DirTree.decode(data)
-    elif objtype == ObjectType.DIR_META:
-        ob.DirMeta.decode(data)
-    elif objtype == ObjectType.COMMIT:
-        ob.Commit.decode(data)

@@ -55,21 +55,12 @@ def verify_object(repo: Repo, csum: str, objtype: ObjectType) -> str | None:
                 return None
             actual = hashlib.sha256(data).hexdigest()
             if actual == csum:
-                _decode(objtype, data)
+                ob.decode_metadata_object(objtype, data)
     except (AtomicEdgeError, OSError, ValueError) as exc:
         return str(exc)
     if actual != csum:
         return f"checksum mismatch: content hashes to {actual}"
     return None
-
-
-def _decode(objtype: ObjectType, data: bytes) -> None:
-    if objtype == ObjectType.COMMIT:
-        ob.Commit.decode(data)
-    elif objtype == ObjectType.DIR_TREE:
-        ob.DirTree.decode(data)
-    elif objtype == ObjectType.DIR_META:
-        ob.DirMeta.decode(data)
 
 
 def fsck(repo: Repo, progress: Callable[[int, int], None] | None = None) -> FsckReport:

@@ -411,6 +411,16 @@ class Commit:
         return hashlib.sha256(raw(self.root_tree) + raw(self.root_meta)).hexdigest()
 
 
+def decode_metadata_object(objtype: ObjectType, data: bytes) -> None:
+    """Raise unless ``data`` is a well-formed commit, dirtree or dirmeta (others: no-op)."""
+    if objtype == ObjectType.COMMIT:
+        Commit.decode(data)
+    elif objtype == ObjectType.DIR_TREE:
+        DirTree.decode(data)
+    elif objtype == ObjectType.DIR_META:
+        DirMeta.decode(data)
+
+
 def decode_metadata_dict(data: bytes) -> dict[str, Variant]:
     """Detached commit metadata / summary.sig / delta index: ``a{sv}``."""
     return dict(gv.decode("a{sv}", data))

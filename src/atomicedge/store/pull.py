@@ -35,7 +35,12 @@ from atomicedge.store import sign
 from atomicedge.store import summary as sm
 from atomicedge.store.fetch import Fetcher
 from atomicedge.store.keyfile import KeyFile
-from atomicedge.store.objects import Commit, DirMeta, DirTree, FileHeader, ObjectType
+from atomicedge.store.objects import (
+    Commit,
+    FileHeader,
+    ObjectType,
+    decode_metadata_object,
+)
 from atomicedge.store.repo import Repo, validate_ref
 
 log = logging.getLogger(__name__)
@@ -467,12 +472,7 @@ def _check_meta(data: bytes, csum: str, objtype: ObjectType) -> None:
     actual = hashlib.sha256(data).hexdigest()
     if actual != csum:
         raise CorruptionError(f"{objtype.ext} object {csum} has checksum {actual}")
-    if objtype == ObjectType.DIR_TREE:
-        DirTree.decode(data)
-    elif objtype == ObjectType.DIR_META:
-        DirMeta.decode(data)
-    elif objtype == ObjectType.COMMIT:
-        Commit.decode(data)
+    decode_metadata_object(objtype, data)
 
 
 def verify_filez(data: bytes, csum: str, max_size: int,
