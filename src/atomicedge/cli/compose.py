@@ -189,12 +189,8 @@ def cmd_repo_packages(args: argparse.Namespace) -> int:
                 "upgraded": [{"name": a.name, "from": a.version, "to": b.version}
                              for a, b in d.upgraded]}))
             return 0
-        for p in d.added:
-            out.print(f"[green]+ {p.name} {p.version}[/green]")
-        for p in d.removed:
-            out.print(f"[red]- {p.name} {p.version}[/red]")
-        for a, b in d.upgraded:
-            out.print(f"[yellow]~ {a.name} {a.version} -> {b.version}[/yellow]")
+        for line in pkgdb.diff_lines(d):
+            out.print(line)
         err.print(f"[dim]{len(d.added)} added, {len(d.removed)} removed, "
                   f"{len(d.upgraded)} upgraded[/dim]")
         return 0

@@ -53,12 +53,8 @@ def run(workdir: Path, console: Console, *, sources: Sources | None = None,
     d = pkgdb.diff(pkgdb.packages(repo, results["v1"].commit),
                    pkgdb.packages(repo, results["v2"].commit))
     console.print("[bold]packages v1 -> v2[/bold]")
-    for p in d.added:
-        console.print(f"  [green]+ {p.name} {p.version}[/green]")
-    for p in d.removed:
-        console.print(f"  [red]- {p.name} {p.version}[/red]")
-    for a, b in d.upgraded:
-        console.print(f"  [yellow]~ {a.name} {a.version} -> {b.version}[/yellow]")
+    for line in pkgdb.diff_lines(d):
+        console.print(f"  {line}")
     return {"repo": repo.path, "ref": results["v2"].ref, "v1": results["v1"].commit,
             "v2": results["v2"].commit, "added": [p.name for p in d.added],
             "removed": [p.name for p in d.removed],

@@ -75,3 +75,10 @@ def diff(old: dict[str, Package], new: dict[str, Package]) -> PackageDiff:
         removed=sorted(old[n] for n in old.keys() - new.keys()),
         upgraded=sorted((old[n], new[n]) for n in old.keys() & new.keys()
                         if old[n].version != new[n].version))
+
+
+def diff_lines(d: PackageDiff) -> list[str]:
+    """The diff as rich-markup lines (``+`` added, ``-`` removed, ``~`` upgraded)."""
+    return ([f"[green]+ {p.name} {p.version}[/green]" for p in d.added]
+            + [f"[red]- {p.name} {p.version}[/red]" for p in d.removed]
+            + [f"[yellow]~ {a.name} {a.version} -> {b.version}[/yellow]" for a, b in d.upgraded])
