@@ -47,12 +47,13 @@ class FaultServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
     def __init__(self, root: Path, fault: FaultFn | None = None, stall: float = 1.0,
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, close_every: int = 0) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = root
         self.fault = fault
         self.stall = stall
         self.delay = delay
+        self.close_every = close_every  # announce Connection: close (nginx's keepalive_requests)
         self.count = 0
         self.lock = threading.Lock()
         self.injected: list[tuple[int, str, str]] = []
@@ -90,8 +91,10 @@ class FaultServer(socketserver.ThreadingTCPServer):
         if body is None:
             sock.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
             return True
-        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        return True
+        closing = bool(self.close_every) and (index + 1) % self.close_every == 0
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n"
+                     % (len(body), b"Connection: close\r\n" if closing else b"") + body)
+        return not closing
 
 
 def _reset(sock: socket.socket) -> None:

@@ -4,7 +4,9 @@ by fetching only what is missing."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faultserver import KINDS, FaultServer, at, every
@@ -56,6 +58,31 @@ def tiny_repo(tmp_path: Path) -> tuple[Repo, str]:
     return repo, csum
 
 
+@pytest.fixture(params=["threads", "forked"])
+def workers(request: pytest.FixtureRequest,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run a test through both fetch paths: pipelined threads and forked worker processes
+    (forced for these small commits: tiny fork threshold and chunks, two workers even on
+    a one-core machine)."""
+    import atomicedge.store.pull as pullmod
+    from atomicedge.store import forkpool
+    forked_batches = []
+    if request.param == "forked":
+        real = pullmod.Puller._fetch_forked
+
+        def counted(self: pullmod.Puller, tx: Any, batch: list[Any]) -> None:
+            forked_batches.append(len(batch))
+            real(self, tx, batch)
+
+        monkeypatch.setattr(pullmod.Puller, "_fetch_forked", counted)
+        monkeypatch.setattr(pullmod, "FORK_MIN", 1)
+        monkeypatch.setattr(pullmod, "FORK_CHUNK", 3)
+        monkeypatch.setattr(forkpool, "workers", lambda: 2)
+    yield str(request.param)
+    if request.param == "forked":
+        assert forked_batches, "the forked path was never taken"
+
+
 def _client(path: Path) -> Repo:
     repo = Repo.init(path, "bare-user")
     repo.config.set("core", "fsync", "false")
@@ -71,7 +98,7 @@ def test_clean_pull_through_the_fault_server(tmp_path: Path, src_repo: tuple[Rep
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_fault_at_every_request_then_retry_fetches_only_missing(
-        tmp_path: Path, tiny_repo: tuple[Repo, str], kind: str) -> None:
+        tmp_path: Path, tiny_repo: tuple[Repo, str], kind: str, workers: str) -> None:
     repo, csum = tiny_repo
     objects_of = reachable(repo, csum)
     with FaultServer(repo.path) as probe:
@@ -98,7 +125,8 @@ def test_fault_at_every_request_then_retry_fetches_only_missing(
 
 
 def test_transient_faults_are_retried_within_one_pull(tmp_path: Path,
-                                                      src_repo: tuple[Repo, str]) -> None:
+                                                      src_repo: tuple[Repo, str],
+                                                      workers: str) -> None:
     """Every fourth request fails; retries absorb it. (A flipped byte in an unsigned
     summary can still parse, so content faults target objects: signatures cover the rest.)"""
     for kind in KINDS:
@@ -114,7 +142,8 @@ def test_transient_faults_are_retried_within_one_pull(tmp_path: Path,
 
 
 def test_interrupted_pull_keeps_finished_batches(tmp_path: Path, src_repo: tuple[Repo, str],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 workers: str) -> None:
     """Objects are committed in batches, so an abort late in a pull keeps most of them."""
     import atomicedge.store.pull as pullmod
     monkeypatch.setattr(pullmod, "BATCH", 5)
@@ -157,8 +186,9 @@ def test_faults_during_a_delta_pull_never_store_bad_objects(tmp_path: Path,
     ostree_fsck(dst.path)
 
 
+@pytest.mark.parametrize("fork_min", ["100000", "1"], ids=["threads", "forked"])
 def test_kill_9_during_a_pull_then_rerun_fetches_only_what_is_missing(
-        tmp_path: Path, src_repo: tuple[Repo, str]) -> None:
+        tmp_path: Path, src_repo: tuple[Repo, str], fork_min: str) -> None:
     import os
     import signal
     import subprocess
@@ -169,7 +199,8 @@ def test_kill_9_during_a_pull_then_rerun_fetches_only_what_is_missing(
     exe = Path(sys.executable).parent / "atomicedge"
     total = len(reachable(repo, csum))
     with FaultServer(repo.path, delay=0.02) as srv:
-        env = {**os.environ, "ATOMICEDGE_PULL_BATCH": "4"}
+        env = {**os.environ, "ATOMICEDGE_PULL_BATCH": "4",
+               "ATOMICEDGE_PULL_FORK_MIN": fork_min}
         proc = subprocess.Popen([str(exe), "repo", "pull", "--repo", str(dst.path),
                                  "--no-progress", srv.url, "main"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -184,4 +215,23 @@ def test_kill_9_during_a_pull_then_rerun_fetches_only_what_is_missing(
     with FaultServer(repo.path) as clean:
         res = pull(dst, clean.url, ["main"], **FAST)
     assert res.stats.metadata_fetched + res.stats.content_fetched == total - kept
+    ostree_fsck(dst.path)
+
+
+def test_pull_reconnects_when_the_server_closes_every_few_replies(
+        tmp_path: Path, src_repo: tuple[Repo, str], workers: str) -> None:
+    """nginx closes a keep-alive connection after ``keepalive_requests`` replies and says
+    so; the pipelined requests sent past that point must go out again on a new
+    connection, without counting as failures or fetching anything twice."""
+    repo, csum = src_repo
+    with FaultServer(repo.path) as probe:
+        pull(_client(tmp_path / "probe"), probe.url, ["main"], **FAST)
+        clean_requests = probe.count
+    dst = _client(tmp_path / "d")
+    with FaultServer(repo.path, close_every=5) as srv:
+        res = pull(dst, srv.url, ["main"], retries=0, **FAST)
+        served = srv.count
+    assert res.stats.retries == 0
+    assert res.stats.metadata_fetched + res.stats.content_fetched == len(reachable(repo, csum))
+    assert served == clean_requests  # nothing was fetched twice
     ostree_fsck(dst.path)

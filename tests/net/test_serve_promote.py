@@ -63,6 +63,32 @@ def test_server_head_range_etag_and_404s(server: Server, src_repo: tuple[Repo, s
     assert _get(url + "/link")[0] == 404
 
 
+def test_object_fast_path_serves_only_regular_files_inside_the_repo(
+        tmp_path: Path) -> None:
+    """Object names take a short path (no path resolution); it must be as tight as the
+    general one: a symlinked object or prefix directory leading outside is a 404, a large
+    object is counted exactly, and nothing but GET/HEAD is accepted."""
+    repo = Repo.init(tmp_path / "r", "archive")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"secret")
+    (repo.path / "objects/aa").mkdir(parents=True)
+    (repo.path / "objects/aa" / ("b" * 62 + ".filez")).symlink_to(secret)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / ("c" * 62 + ".dirtree")).write_bytes(b"outside")
+    (repo.path / "objects/cc").symlink_to(tmp_path / "elsewhere")
+    big = bytes(range(256)) * 2048  # 512 kB: over the in-memory threshold
+    (repo.path / "objects/dd").mkdir()
+    (repo.path / "objects/dd" / ("d" * 62 + ".filez")).write_bytes(big)
+    with Server(repo.path) as srv:
+        assert _get(srv.url + "/objects/aa/" + "b" * 62 + ".filez")[0] == 404
+        assert _get(srv.url + "/objects/cc/" + "c" * 62 + ".dirtree")[0] == 404
+        status, body, _h = _get(srv.url + "/objects/dd/" + "d" * 62 + ".filez")
+        assert status == 200 and body == big
+        assert _get(srv.url + "/config", method="POST")[0] == 405
+        assert srv.stats.files == 1 and srv.stats.bytes == len(big)
+        assert srv.stats.not_found == 2
+
+
 def test_remote_config_is_read_by_ostree(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                          ) -> None:
     repo = Repo.init(tmp_path / "r", "bare-user")

@@ -118,8 +118,8 @@ def _apply(puller: Puller, ref: str, sb: df.Superblock, relpath: str) -> None:
     puller.stats.phase = "delta"
     puller.store_commit(sb.to_csum, sb.commit, meta, ref)
     fallbacks = [(f.checksum, f.objtype) for f in sb.fallbacks]
-    puller.stats.objects_total += sum(len(p.objects) for p in sb.parts) + len(fallbacks)
-    if fallbacks:
+    puller.stats.objects_total += sum(len(p.objects) for p in sb.parts)
+    if fallbacks:  # fetch_objects counts these
         puller.fetch_objects(fallbacks)
     todo = [(i, h) for i, h in enumerate(sb.parts)
             if not all(puller.repo.has_object(c, t) for t, c in h.objects)]

@@ -22,7 +22,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -31,6 +31,7 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from atomicedge.errors import AtomicEdgeError, CorruptionError, NotFoundError, UsageError
+from atomicedge.store import pipeline
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,19 @@ class Fetcher:
         self.backoff = backoff
         self.stats = FetchStats()
         self._sleep = sleep
+        self._max_connections = max_connections
+        self._timeouts = (connect_timeout, read_timeout)
         self._lock = threading.Lock()
         self._root = Path(unquote(parts.path)) if parts.scheme == "file" else None
         self._pool: urllib3.PoolManager | None = None
         self._host: urllib3.HTTPConnectionPool | None = None
         self._base = parts.path.rstrip("/")
+        self._endpoint: pipeline.Endpoint | None = None
         if parts.scheme != "file":
+            self._endpoint = pipeline.Endpoint(
+                parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80),
+                parts.netloc.rpartition("@")[2], tls=parts.scheme == "https",
+                connect_timeout=connect_timeout, read_timeout=read_timeout)
             self._pool = urllib3.PoolManager(
                 num_pools=4, maxsize=max_connections, block=True,
                 timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
@@ -83,6 +91,18 @@ class Fetcher:
             # the repository's own host: requests go straight to its pool (no per-request
             # URL parsing); redirects elsewhere go through the PoolManager
             self._host = self._pool.connection_from_url(self.url)
+
+    def clone(self) -> Fetcher:
+        """A fetcher with the same settings and fresh connections (for a forked worker)."""
+        return Fetcher(self.url, max_connections=self._max_connections, retries=self.retries,
+                       backoff=self.backoff, connect_timeout=self._timeouts[0],
+                       read_timeout=self._timeouts[1], sleep=self._sleep)
+
+    def absorb(self, counts: dict[str, int]) -> None:
+        """Add counters from elsewhere (a forked worker's fetcher, a failed verification)."""
+        with self._lock:
+            for key in ("requests", "bytes", "retries", "not_found"):
+                setattr(self.stats, key, getattr(self.stats, key) + counts.get(key, 0))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -141,6 +161,30 @@ class Fetcher:
         raise FetchError(f"cannot fetch {self.url}/{path}: {last}",
                          "check the URL and the network; the pull can be re-run and "
                          "resumes where it stopped") from None
+
+    def fetch_many(self, paths: Sequence[str], caps: Sequence[int]
+                   ) -> Iterator[tuple[int, bytes | None]]:
+        """``(index, body)`` for each of ``paths``, in order, pipelined on one connection.
+
+        A body of None means the quick path got no usable answer (an error status, a
+        reset, a stall, a reply over its cap): the caller then uses :meth:`fetch`, which
+        retries, follows redirects and turns a 404 into an error. Nothing is validated
+        here; the caller checks each body and also falls back to :meth:`fetch` on a bad one.
+        """
+        for path in paths:
+            _check_relpath(path)
+        if self._endpoint is None:
+            for i, path in enumerate(paths):
+                try:
+                    yield i, self._read_file(path, caps[i])
+                except FetchError:
+                    yield i, None
+            return
+        targets = [f"{self._base}/{quote(p)}" for p in paths]
+        for i, status, body in pipeline.get_many(self._endpoint, targets, caps):
+            self._count(len(body) if body is not None else 0,
+                        retry=status == -1 or status in _RETRY_STATUS)
+            yield i, body
 
     def _fetch_once(self, path: str, max_size: int) -> bytes | None:
         if self._root is not None:

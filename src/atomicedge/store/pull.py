@@ -22,30 +22,38 @@ import logging
 import os
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from atomicedge.errors import CorruptionError, FormatError, NotFoundError, UsageError
+from atomicedge.store import forkpool, sign
 from atomicedge.store import objects as ob
 from atomicedge.store import remotes as rem
-from atomicedge.store import sign
 from atomicedge.store import summary as sm
+from atomicedge.store.content import InflateError, fast_zlib
 from atomicedge.store.fetch import Fetcher
 from atomicedge.store.keyfile import KeyFile
 from atomicedge.store.objects import (
     Commit,
+    DirTree,
     FileHeader,
     ObjectType,
     decode_metadata_object,
 )
 from atomicedge.store.repo import Repo, validate_ref
+from atomicedge.store.transaction import Transaction
 
 log = logging.getLogger(__name__)
 
 BATCH = int(os.environ.get("ATOMICEDGE_PULL_BATCH", "") or 1000)  # objects per commit
+# a batch this big goes to forked workers (see Puller._fetch_forked)
+FORK_MIN = int(os.environ.get("ATOMICEDGE_PULL_FORK_MIN", "") or 256)
+FORK_CHUNK = 128  # objects per worker task: the unit of progress reports
+PIPELINES = 2  # pipelined connections (32 requests in flight each); more only adds GIL churn
+BULK_CHECK = 2000  # above this many candidates, list objects/ instead of stat-ing each
 MAX_METADATA = 128 * 1024 * 1024
 MAX_FILE = 4 * 1024 * 1024 * 1024
 ObjRef = tuple[str, ObjectType]
@@ -144,9 +152,15 @@ class Puller:
         self._sizes: dict[str, int] = {}
         self._last_tick = 0.0
         self._stats_lock = threading.Lock()
+        self._procs: ProcessPoolExecutor | None = None
+        self._trees: dict[str, bytes] | None = None  # dirtrees fetched in this level
 
     def close(self) -> None:
+        global _FORKED
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self._procs is not None:
+            self._procs.shutdown(wait=True, cancel_futures=True)
+            _FORKED = None
         self.fetcher.close()
 
     # -- progress ----------------------------------------------------------------------
@@ -354,63 +368,127 @@ class Puller:
     # -- trees -------------------------------------------------------------------------
 
     def pull_tree(self, csum: str) -> None:
-        """Fetch every missing object of commit ``csum``'s tree, then clear its partial."""
+        """Fetch every missing object of commit ``csum``'s tree, then clear its partial.
+
+        Metadata goes level by level (a dirtree names the next level) into one transaction,
+        walking the fetched dirtrees from memory: a commit per level would cost a syncfs
+        each. Content then goes in committed batches, so an interrupted pull resumes.
+        """
         commit = self.repo.load_commit(csum)
         self.stats.phase = "metadata"
         frontier: list[ObjRef] = [(commit.root_tree, ObjectType.DIR_TREE),
                                   (commit.root_meta, ObjectType.DIR_META)]
         seen: set[ObjRef] = set(frontier)
         files: set[str] = set()
-        while frontier:
-            self.stats.objects_total += len(frontier)
-            self.fetch_objects(frontier)
-            nxt: list[ObjRef] = []
-            for c, t in frontier:
-                if t != ObjectType.DIR_TREE:
-                    continue
-                tree = self.repo.load_dirtree(c)
-                files.update(f for _n, f in tree.files)
-                for _n, sub, meta in tree.dirs:
-                    for o in ((sub, ObjectType.DIR_TREE), (meta, ObjectType.DIR_META)):
-                        if o not in seen:
-                            seen.add(o)
-                            nxt.append(o)
-            frontier = nxt
+        self._trees = {}
+        with self.repo.transaction() as tx:
+            while frontier:
+                self._fetch_threaded(tx, self._missing(frontier))
+                nxt: list[ObjRef] = []
+                for c, t in frontier:
+                    if t != ObjectType.DIR_TREE:
+                        continue
+                    fresh = self._trees.pop(c, None)
+                    tree = DirTree.decode(fresh) if fresh else self.repo.load_dirtree(c)
+                    files.update(f for _n, f in tree.files)
+                    for _n, sub, meta in tree.dirs:
+                        for o in ((sub, ObjectType.DIR_TREE), (meta, ObjectType.DIR_META)):
+                            if o not in seen:
+                                seen.add(o)
+                                nxt.append(o)
+                frontier = nxt
+        self._trees = None
         self.stats.phase = "content"
-        content = [(f, ObjectType.FILE) for f in sorted(files)]
-        self.stats.objects_total += len(content)
-        self.fetch_objects(content)
+        self.fetch_objects([(f, ObjectType.FILE) for f in sorted(files)])
         self.clear_partial(csum)
         self.tick(force=True)
+
+    def _missing(self, objs: list[ObjRef]) -> list[ObjRef]:
+        """The ones among ``objs`` this repo lacks (counted as done if present)."""
+        self.stats.objects_total += len(objs)
+        if len(objs) > BULK_CHECK:  # one listing beats thousands of stat()s
+            have = set(self.repo.iter_objects())
+            missing = [o for o in objs if o not in have]
+        else:
+            missing = [o for o in objs if not self.repo.has_object(*o)]
+        self.stats.objects_done += len(objs) - len(missing)
+        return missing
 
     def fetch_objects(self, objs: list[ObjRef]) -> None:
         """Download and store the missing ones among ``objs``, in committed batches.
 
-        Each connection's worker takes a slice of the batch (no future per object: the
-        per-object bookkeeping cost more CPU than the request itself). A failure stops
-        the other workers at their next object; the batch is then not committed, but every
-        earlier batch is, so a re-run resumes from there.
+        A failure stops the batch's other workers at their next object; the batch is then
+        not committed, but every earlier batch is, so a re-run resumes from there.
         """
-        missing = [o for o in objs if not self.repo.has_object(*o)]
-        self.stats.objects_done += len(objs) - len(missing)
-        n = max(1, self.opts.connections)
+        missing = self._missing(objs)
         for i in range(0, len(missing), BATCH):
             batch = missing[i:i + BATCH]
-            abort = threading.Event()
             with self.repo.transaction() as tx:
-                futures = [self.pool.submit(self._fetch_slice, tx, batch[k::n], abort)
-                           for k in range(min(n, len(batch)))]
-                errors = [f.exception() for f in futures]
-                first = next((e for e in errors if e is not None), None)
-                if first is not None:
-                    raise first
+                if len(batch) >= FORK_MIN and forkpool.workers() > 1:
+                    self._fetch_forked(tx, batch)
+                else:
+                    self._fetch_threaded(tx, batch)
 
-    def _fetch_slice(self, tx: Any, objs: list[ObjRef], abort: threading.Event) -> None:
+    def _fetch_threaded(self, tx: Transaction, batch: list[ObjRef]) -> None:
+        n = max(1, min(self.opts.connections, PIPELINES))
+        abort = threading.Event()
+        futures = [self.pool.submit(self._fetch_slice, tx, batch[k::n], abort)
+                   for k in range(min(n, len(batch)))]
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+
+    def _fetch_forked(self, tx: Transaction, batch: list[ObjRef]) -> None:
+        """Big batches: one forked worker per core, each with its own pipelined connection.
+
+        Verifying (inflate + SHA-256) and writing thousands of objects is Python between
+        syscalls, which the GIL would serialise; processes use both cores. Workers stage
+        into this transaction's directory and hand back what they staged; only this
+        process commits, so the batch is still all-or-nothing.
+        """
+        global _FORKED
+        if self._procs is None:
+            _FORKED = self
+            self._procs = forkpool.pool(min(PIPELINES, forkpool.workers()), _init_worker)
+        assert tx.staging is not None
+        chunks = [batch[i:i + FORK_CHUNK] for i in range(0, len(batch), FORK_CHUNK)]
+        futures = [self._procs.submit(_forked_chunk, str(tx.staging), c) for c in chunks]
         try:
-            for obj in objs:
+            for fut in as_completed(futures):
+                staged, counts = fut.result()
+                tx.adopt(staged)
+                self._absorb(counts)
+                self.tick()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            wait(futures)  # no worker may still write into the staging dir we drop
+            raise
+
+    def _counts(self) -> dict[str, int]:
+        fs = self.fetcher.stats
+        return {"metadata_fetched": self.stats.metadata_fetched,
+                "content_fetched": self.stats.content_fetched,
+                "objects_done": self.stats.objects_done, "requests": fs.requests,
+                "bytes": fs.bytes, "retries": fs.retries, "not_found": fs.not_found}
+
+    def _absorb(self, counts: dict[str, int]) -> None:
+        with self._stats_lock:
+            for key in ("metadata_fetched", "content_fetched", "objects_done"):
+                setattr(self.stats, key, getattr(self.stats, key) + counts[key])
+        self.fetcher.absorb(counts)
+
+    def _fetch_slice(self, tx: Transaction, objs: list[ObjRef], abort: threading.Event) -> None:
+        """One connection's share: pipelined, with the careful path for what that misses."""
+        try:
+            paths = [_objpath(c, t.ext if t != ObjectType.FILE else "filez") for c, t in objs]
+            caps = [self._cap(o) for o in objs]
+            for i, data in self.fetcher.fetch_many(paths, caps):
                 if abort.is_set():
                     return
-                self._fetch_one(tx, obj)
+                if data is None or not self._store(tx, objs[i], data):
+                    self._fetch_one(tx, objs[i])
                 with self._stats_lock:
                     self.stats.objects_done += 1
                 self.tick()
@@ -418,35 +496,80 @@ class Puller:
             abort.set()
             raise
 
-    def _fetch_one(self, tx: Any, obj: ObjRef) -> None:
+    def _cap(self, obj: ObjRef) -> int:
+        if obj[1] == ObjectType.FILE:
+            return self._sizes.get(obj[0], self.opts.max_file_size)
+        return self.opts.max_metadata_size
+
+    def _store(self, tx: Transaction, obj: ObjRef, data: bytes) -> bool:
+        """Verify ``data`` as object ``obj`` and stage it; False (nothing stored) if bad."""
         csum, objtype = obj
-        if objtype == ObjectType.FILE:
-            cap = self._sizes.get(csum, self.opts.max_file_size)
-            holder: list[tuple[FileHeader, bytes | None]] = []
-            keep = not self.repo.is_archive
-
-            def check(data: bytes) -> None:
-                holder.clear()
-                holder.append(verify_filez(data, csum, self.opts.max_file_size, keep))
-
-            data = self.fetcher.fetch(_objpath(csum, "filez"), max_size=cap, validate=check)
-            assert data is not None
-            header, content = holder[0]
-            if keep:
-                assert content is not None
-                tx.write_content_trusted(csum, header, content)
+        try:
+            if objtype == ObjectType.FILE:
+                keep = not self.repo.is_archive
+                header, content = verify_filez(data, csum, self.opts.max_file_size, keep)
             else:
-                tx.write_filez_verbatim(csum, data)
+                _check_meta(data, csum, objtype)
+        except CorruptionError as exc:
+            log.info("refetching %s.%s: %s", csum, objtype.ext, exc.message)
+            self.fetcher.absorb({"retries": 1})
+            return False
+        if objtype != ObjectType.FILE:
+            tx.write_metadata(objtype, data, expected=csum, known_missing=True)
+            if objtype == ObjectType.DIR_TREE and self._trees is not None:
+                self._trees[csum] = data
+            with self._stats_lock:
+                self.stats.metadata_fetched += 1
+        elif keep:
+            assert content is not None
+            tx.write_content_trusted(csum, header, content, known_missing=True)
+        else:
+            tx.write_filez_verbatim(csum, data, known_missing=True)
+        if objtype == ObjectType.FILE:
             with self._stats_lock:
                 self.stats.content_fetched += 1
-            return
-        data = self.fetcher.fetch(_objpath(csum, objtype.ext),
-                                  max_size=self.opts.max_metadata_size,
-                                  validate=lambda d: _check_meta(d, csum, objtype))
-        assert data is not None
-        tx.write_metadata(objtype, data, expected=csum)
-        with self._stats_lock:
-            self.stats.metadata_fetched += 1
+        return True
+
+    def _fetch_one(self, tx: Transaction, obj: ObjRef) -> None:
+        """The careful path: urllib3 with retries, backoff, redirects and validation."""
+        csum, objtype = obj
+        ext = objtype.ext if objtype != ObjectType.FILE else "filez"
+        holder: list[bytes] = []
+
+        def check(data: bytes) -> None:
+            holder.clear()
+            if objtype == ObjectType.FILE:
+                verify_filez(data, csum, self.opts.max_file_size, False)
+            else:
+                _check_meta(data, csum, objtype)
+            holder.append(data)
+
+        self.fetcher.fetch(_objpath(csum, ext), max_size=self._cap(obj), validate=check)
+        if not self._store(tx, obj, holder[0]):
+            raise CorruptionError(f"{csum}.{ext} changed between checks")
+
+
+_FORKED: Puller | None = None  # the puller whose workers are forked (they inherit it)
+
+
+def _init_worker() -> None:
+    """In a fresh worker: own connections (never the parent's pooled sockets), no UI."""
+    p = _FORKED
+    assert p is not None
+    p.fetcher = p.fetcher.clone()
+    p.progress = None
+    p.pool = ThreadPoolExecutor(max_workers=1)
+
+
+def _forked_chunk(staging: str, objs: list[ObjRef]
+                  ) -> tuple[list[tuple[ObjRef, str]], dict[str, int]]:
+    p = _FORKED
+    assert p is not None
+    tx = Transaction.attach(p.repo, Path(staging))
+    before = p._counts()
+    p._fetch_slice(tx, objs, threading.Event())
+    after = p._counts()
+    return tx.staged(), {k: after[k] - before[k] for k in after}
 
 
 def _check_ref_body(data: bytes) -> None:
@@ -504,7 +627,7 @@ def verify_filez(data: bytes, csum: str, max_size: int,
 
 def _inflate_hash(data: bytes, off: int, size: int, m: Any, keep: bool,
                   csum: str) -> bytes | None:
-    d = zlib.decompressobj(-15)
+    d = fast_zlib.decompressobj(-15)
     parts: list[bytes] = []
     total = 0
     buf: bytes = memoryview(data)[off:].tobytes()
@@ -527,7 +650,7 @@ def _inflate_hash(data: bytes, off: int, size: int, m: Any, keep: bool,
             m.update(tail)
             if keep:
                 parts.append(tail)
-    except zlib.error as exc:
+    except InflateError as exc:
         raise CorruptionError(f"content object {csum} does not inflate: {exc}") from None
     if total != size or not d.eof or d.unused_data:
         raise CorruptionError(f"content object {csum} inflates to {total} bytes, "

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from atomicedge.errors import CorruptionError
 from atomicedge.fsutil import boot_id, syncfs
 from atomicedge.store import objects as ob
-from atomicedge.store.content import write_object_file
+from atomicedge.store.content import write_object_file, write_plain
 from atomicedge.store.objects import FileHeader, ObjectType
 
 if TYPE_CHECKING:
@@ -47,6 +47,23 @@ class Transaction:
         self.written = 0
         self.level = int(repo.config.get("archive", "zlib-level") or 1)
         self.fsync = repo.fsync_enabled
+
+    @classmethod
+    def attach(cls, repo: Repo, staging: Path) -> Transaction:
+        """A writer into another transaction's staging dir (a forked pull worker): it
+        stages objects and hands :meth:`staged` back; the owner commits them."""
+        tx = cls(repo)
+        tx.staging = staging
+        return tx
+
+    def staged(self) -> list[tuple[tuple[str, ObjectType], str]]:
+        with self._lock:
+            return list(self._pending.items())
+
+    def adopt(self, staged: list[tuple[tuple[str, ObjectType], str]]) -> None:
+        """Take over objects an attached writer staged in our staging dir."""
+        with self._lock:
+            self._pending.update(staged)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -86,19 +103,19 @@ class Transaction:
             self._pending[(csum, objtype)] = path
 
     def write_metadata(self, objtype: ObjectType, data: bytes,
-                       expected: str | None = None) -> str:
-        """Store a metadata object; ``expected`` (if given) must equal its checksum."""
+                       expected: str | None = None, *, known_missing: bool = False) -> str:
+        """Store a metadata object; ``expected`` (if given) must equal its checksum.
+
+        ``known_missing``: the caller has just checked that the repo lacks it (a pull's
+        bulk listing), so skip the per-object ``stat``.
+        """
         csum = hashlib.sha256(data).hexdigest()
         if expected is not None and csum != expected:
             raise CorruptionError(f"{objtype.ext} object {expected} has checksum {csum}",
                                   "the source is corrupt or tampered with; nothing was stored")
-        if self.has(csum, objtype):
+        if not known_missing and self.has(csum, objtype):
             return csum
-        path = self._stage_path(csum, objtype)
-        with open(path, "wb") as f:
-            f.write(data)
-        os.chmod(path, 0o644)
-        self._add(csum, objtype, path)
+        self._write_verbatim(csum, objtype, data)
         return csum
 
     def write_content(self, header: FileHeader, content: bytes,
@@ -110,9 +127,10 @@ class Transaction:
         self.write_content_trusted(csum, header, content)
         return csum
 
-    def write_content_trusted(self, csum: str, header: FileHeader, content: bytes) -> bool:
+    def write_content_trusted(self, csum: str, header: FileHeader, content: bytes, *,
+                              known_missing: bool = False) -> bool:
         """Store content whose checksum the caller just computed. Returns True if new."""
-        if self.has(csum, ObjectType.FILE):
+        if not known_missing and self.has(csum, ObjectType.FILE):
             return False
         path = self._stage_path(csum, ObjectType.FILE)
         try:
@@ -122,15 +140,20 @@ class Transaction:
         self._add(csum, ObjectType.FILE, path)
         return True
 
-    def write_filez_verbatim(self, csum: str, filez: bytes) -> None:
+    def write_filez_verbatim(self, csum: str, filez: bytes, *,
+                             known_missing: bool = False) -> None:
         """Archive repos: keep a verified ``.filez`` as received (no recompression)."""
-        if self.has(csum, ObjectType.FILE):
+        if not known_missing and self.has(csum, ObjectType.FILE):
             return
-        path = self._stage_path(csum, ObjectType.FILE)
-        with open(path, "wb") as f:
-            f.write(filez)
-        os.chmod(path, 0o644)
-        self._add(csum, ObjectType.FILE, path)
+        self._write_verbatim(csum, ObjectType.FILE, filez)
+
+    def _write_verbatim(self, csum: str, objtype: ObjectType, data: bytes) -> None:
+        path = self._stage_path(csum, objtype)
+        try:
+            write_plain(path, data, 0o644)
+        except FileExistsError:  # another thread of this transaction won the race
+            return
+        self._add(csum, objtype, path)
 
     def set_ref(self, ref: str, csum: str | None) -> None:
         self.repo._ref_path(ref)  # validates the name now, not at commit time
