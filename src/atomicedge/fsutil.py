@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -35,8 +36,12 @@ def syncfs(path: Path | str) -> None:
 
 
 def atomic_write(path: Path | str, data: bytes | str, *, mode: int = 0o644,
-                 fsync: bool = True) -> None:
-    """Replace ``path`` with ``data`` so a crash leaves the old or the new file, nothing else."""
+                 fsync: bool = True,
+                 before_rename: Callable[[int], None] | None = None) -> None:
+    """Replace ``path`` with ``data`` so a crash leaves the old or the new file, nothing else.
+
+    ``before_rename(fd)`` may set xattrs or times on the new file before it appears.
+    """
     path = Path(path)
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -47,6 +52,8 @@ def atomic_write(path: Path | str, data: bytes | str, *, mode: int = 0o644,
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            if before_rename is not None:
+                before_rename(fd)
             if fsync:
                 os.fsync(fd)
         finally:

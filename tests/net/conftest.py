@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from net_helpers import make_tree, run
 
+from atomicedge.store import gpg
 from atomicedge.store.commit import commit_directory
 from atomicedge.store.repo import Repo
 from atomicedge.store.serve import Server
@@ -44,3 +45,13 @@ def ostree_repo(tmp_path: Path, tree: Path) -> tuple[Path, str]:
 def server(src_repo: tuple[Repo, str]) -> Iterator[Server]:
     with Server(src_repo[0].path) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
+    """(gnupg home, key id, exported public key file) of a throw-away signing key."""
+    home = tmp_path_factory.mktemp("gnupg")
+    key = gpg.generate_test_key(home, "atomicedge test")
+    pub = home / "pub.gpg"
+    pub.write_bytes(gpg.export_keys(home, [key]))
+    return home, key, pub

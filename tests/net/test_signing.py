@@ -18,16 +18,6 @@ from atomicedge.store.serve import Server
 
 
 @pytest.fixture(scope="module")
-def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
-    """(gnupg home, key id, exported public key file) of a throw-away signing key."""
-    home = tmp_path_factory.mktemp("gnupg")
-    key = gpg.generate_test_key(home, "atomicedge test")
-    pub = home / "pub.gpg"
-    pub.write_bytes(gpg.export_keys(home, [key]))
-    return home, key, pub
-
-
-@pytest.fixture(scope="module")
 def other_gpg_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     home = tmp_path_factory.mktemp("gnupg-other")
     return home, gpg.generate_test_key(home, "intruder")
@@ -168,3 +158,20 @@ def test_gpg_signed_summary_read_by_ostree(tmp_path: Path, src_repo: tuple[Repo,
         run("ostree", f"--repo={client}", "pull", "origin", "main")
     ostree_fsck(client)
     assert repo.has_object(_csum, ObjectType.COMMIT)
+
+
+def test_summary_signature_is_required_even_when_commits_are_not_verified(
+        tmp_path: Path, src_repo: tuple[Repo, str], gpg_keys: tuple[Path, str, Path]) -> None:
+    """``gpg-verify-summary`` is its own switch (as in ostree), not a refinement of
+    ``gpg-verify``: an unsigned summary is refused although commits need no signature."""
+    repo, _csum = src_repo
+    summary.update(repo)
+    dst = Repo.init(tmp_path / "d", "bare-user")
+    with Server(repo.path) as srv:
+        remotes.add(dst, "origin", srv.url, gpg_verify=False)
+        dst.config.set('remote "origin"', "gpg-verify-summary", "true")
+        dst.write_config()
+        gpg.import_to_keyring(dst.path / "origin.trustedkeys.gpg", gpg_keys[2].read_bytes())
+        with pytest.raises(CorruptionError, match="summary is not GPG-signed"):
+            pull(Repo.open(dst.path), "origin", ["main"])
+    assert _no_objects(dst)

@@ -126,6 +126,35 @@ class Fetcher:
     def fetch(self, path: str, *, max_size: int, optional: bool = False,
               validate: Validator | None = None) -> bytes | None:
         """Body of ``path``; None if absent and ``optional``; retried until it validates."""
+        got = self._fetch(path, max_size, optional, validate, None)
+        return None if got is None else got[0]
+
+    def fetch_fresh(self, path: str, *, max_size: int, cached: Validators | None,
+                    validate: Validator | None = None) -> Fresh | None:
+        """A conditional GET: None if absent, ``Fresh(None, ...)`` if ``cached`` still holds.
+
+        ``cached`` are the ETag and Last-Modified stored with an earlier copy; the server
+        answers ``304`` (no body) when that copy is current, which is how a device polling
+        for updates avoids downloading an unchanged summary over and over.
+        """
+        headers: dict[str, str] = {}
+        if cached is not None and self._root is None:
+            if cached.etag:
+                headers["If-None-Match"] = cached.etag
+            if cached.last_modified:
+                headers["If-Modified-Since"] = cached.last_modified
+        try:
+            got = self._fetch(path, max_size, True, validate, headers or None)
+        except _NotModified:
+            return Fresh(None, cached or Validators())
+        if got is None:
+            return None
+        data, resp_headers = got
+        return Fresh(data, Validators(resp_headers.get("ETag"),
+                                      resp_headers.get("Last-Modified")))
+
+    def _fetch(self, path: str, max_size: int, optional: bool, validate: Validator | None,
+               headers: dict[str, str] | None) -> tuple[bytes, dict[str, str]] | None:
         _check_relpath(path)
         last: Exception | None = None
         for attempt in range(self.retries + 1):
@@ -133,27 +162,27 @@ class Fetcher:
                 delay = min(self.backoff * (2 ** (attempt - 1)), 5.0)
                 self._sleep(delay * (0.5 + random.random()))
             try:
-                data = self._fetch_once(path, max_size)
+                got = self._fetch_once(path, max_size, headers)
             except _Transient as exc:
                 last = exc
                 log.info("retrying %s after: %s", path, exc)
                 with self._lock:
                     self.stats.retries += 1
                 continue
-            if data is None:
+            if got is None:
                 if optional:
                     return None
                 raise NotFoundError(f"{self.url}/{path} does not exist on the server")
             if validate is not None:
                 try:
-                    validate(data)
+                    validate(got[0])
                 except CorruptionError as exc:
                     last = exc
                     log.info("retrying %s: invalid body: %s", path, exc)
                     with self._lock:
                         self.stats.retries += 1
                     continue
-            return data
+            return got
         if isinstance(last, CorruptionError):
             raise CorruptionError(f"{path} from {self.url} is still invalid after "
                                   f"{self.retries + 1} attempts: {last.message}",
@@ -186,18 +215,21 @@ class Fetcher:
                         retry=status == -1 or status in _RETRY_STATUS)
             yield i, body
 
-    def _fetch_once(self, path: str, max_size: int) -> bytes | None:
+    def _fetch_once(self, path: str, max_size: int, headers: dict[str, str] | None = None
+                    ) -> tuple[bytes, dict[str, str]] | None:
         if self._root is not None:
-            return self._read_file(path, max_size)
+            data = self._read_file(path, max_size)
+            return None if data is None else (data, {})
         assert self._pool is not None and self._host is not None
         url = f"{self.url}/{quote(path)}"
         try:
-            resp = self._host.urlopen("GET", f"{self._base}/{quote(path)}",
+            resp = self._host.urlopen("GET", f"{self._base}/{quote(path)}", headers=headers,
                                       preload_content=False, redirect=False, retries=False)
-            if 300 <= resp.status < 400:
+            if 300 <= resp.status < 400 and resp.status != 304:
                 resp.drain_conn()
                 resp.release_conn()
-                resp = self._pool.request("GET", url, preload_content=False, redirect=True)
+                resp = self._pool.request("GET", url, headers=headers, preload_content=False,
+                                          redirect=True)
         except Urllib3Error as exc:
             self._count(0)
             raise _Transient(str(exc)) from None
@@ -206,6 +238,10 @@ class Fetcher:
                 resp.drain_conn()
                 self._count(0, not_found=True)
                 return None
+            if resp.status == 304 and headers:
+                resp.drain_conn()
+                self._count(0)
+                raise _NotModified
             if resp.status in _RETRY_STATUS:
                 resp.drain_conn()
                 self._count(0)
@@ -218,9 +254,11 @@ class Fetcher:
             if declared is not None and declared.isdigit() and int(declared) > max_size:
                 self._count(0)
                 raise _Transient(f"{declared} bytes, over the {max_size}-byte cap")
+            validators = {k: v for k in ("ETag", "Last-Modified")
+                          if (v := resp.headers.get(k)) is not None}
             if declared is not None and declared.isdigit():
-                return self._read_declared(resp)  # length known and within the cap
-            return self._read_capped(resp, url, max_size)
+                return self._read_declared(resp), validators  # length known, within the cap
+            return self._read_capped(resp, url, max_size), validators
         finally:
             resp.release_conn()
 
@@ -276,6 +314,26 @@ class Fetcher:
 
 class _Transient(Exception):
     """A failure worth retrying."""
+
+
+class _NotModified(Exception):
+    """The server's copy is the one the caller already has."""
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What identifies one version of a remote file (for conditional requests)."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """A conditional fetch's answer: ``data`` is None when the cached copy is current."""
+
+    data: bytes | None
+    validators: Validators
 
 
 def _check_relpath(path: str) -> None:

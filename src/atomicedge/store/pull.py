@@ -34,7 +34,7 @@ from atomicedge.store import objects as ob
 from atomicedge.store import remotes as rem
 from atomicedge.store import summary as sm
 from atomicedge.store.content import InflateError, fast_zlib
-from atomicedge.store.fetch import Fetcher
+from atomicedge.store.fetch import Fetcher, Fresh
 from atomicedge.store.keyfile import KeyFile
 from atomicedge.store.objects import (
     Commit,
@@ -44,6 +44,7 @@ from atomicedge.store.objects import (
     decode_metadata_object,
 )
 from atomicedge.store.repo import Repo, validate_ref
+from atomicedge.store.summary_cache import SummaryCache
 from atomicedge.store.transaction import Transaction
 
 log = logging.getLogger(__name__)
@@ -222,26 +223,79 @@ class Puller:
 
     def _load_summary(self, *, required: bool) -> None:
         self.stats.phase = "summary"
-        sig = self.fetcher.fetch("summary.sig", max_size=16 * 1024 * 1024, optional=True,
-                                 validate=ob.decode_metadata_dict)
-        data = self.fetcher.fetch("summary", max_size=min(sm.MAX_SUMMARY,
-                                                          self.opts.max_metadata_size),
-                                  optional=True, validate=sm.parse)
+        cache = SummaryCache(self.repo.path, self.remote.name) if self.remote.name else None
+        sig, data, fresh = self._fetch_summary(cache)
         if data is None:
             if required or self.policy_summary_required:
                 raise NotFoundError(f"{self.remote.url} has no summary",
                                     "run `atomicedge repo summary -u` on the server")
             return
         if self.policy_summary_required:
-            meta = ob.decode_metadata_dict(sig) if sig is not None else None
-            pol = sign.TrustPolicy(
-                gpg=self.remote.gpg_verify_summary and self.policy.gpg,
-                ed25519=self.remote.sign_verify_summary and self.policy.ed25519,
-                gpg_keyrings=self.policy.gpg_keyrings,
-                ed25519_keys=self.policy.ed25519_keys)
-            sign.verify("summary", data, meta, pol)
+            try:
+                self._verify_summary(data, sig)
+            except CorruptionError:
+                if cache is None or len(fresh) == 2:
+                    raise
+                # some of it came from the cache: never trust that over the server
+                cache.drop(sig=True)
+                cache.drop(sig=False)
+                sig, data, fresh = self._fetch_summary(None)
+                if data is None:
+                    raise NotFoundError(f"{self.remote.url} has no summary") from None
+                self._verify_summary(data, sig)
         self.summary = sm.parse(data)
         self.summary_bytes, self.summary_sig = data, sig
+        if cache is not None:  # only what passed every check above is kept
+            for is_sig, f in fresh.items():
+                if f.data is not None:
+                    cache.store(sig=is_sig, data=f.data, validators=f.validators)
+
+    def _verify_summary(self, data: bytes, sig: bytes | None) -> None:
+        meta = ob.decode_metadata_dict(sig) if sig is not None else None
+        forced = self.opts.policy  # an explicit policy can only switch checks off here
+        pol = sign.TrustPolicy(
+            gpg=self.remote.gpg_verify_summary and (forced is None or forced.gpg),
+            ed25519=self.remote.sign_verify_summary and (forced is None or forced.ed25519),
+            gpg_keyrings=self.policy.gpg_keyrings,
+            ed25519_keys=self.policy.ed25519_keys)
+        sign.verify("summary", data, meta, pol)
+
+    def _fetch_summary(self, cache: SummaryCache | None
+                       ) -> tuple[bytes | None, bytes | None, dict[bool, Fresh]]:
+        """``(summary.sig, summary, fresh downloads)``, reusing the cached copies.
+
+        As libostree: a ``304`` for ``summary.sig`` means the cached summary is current and
+        is not requested at all. Beyond it: an unsigned summary is revalidated by its own
+        ETag. A cached copy that no longer parses is ignored.
+        """
+        cached_sig = cache.load(sig=True) if cache else None
+        cached = cache.load(sig=False) if cache else None
+        if cached is not None:
+            try:
+                sm.parse(cached.data)
+            except FormatError:
+                cached = None
+        fresh: dict[bool, Fresh] = {}
+        sig_f = self.fetcher.fetch_fresh(
+            "summary.sig", max_size=16 * 1024 * 1024, validate=ob.decode_metadata_dict,
+            cached=cached_sig.validators if cached_sig and cached else None)
+        sig: bytes | None = None
+        if sig_f is not None:
+            if sig_f.data is None and cached_sig is not None and cached is not None:
+                return cached_sig.data, cached.data, fresh
+            sig = sig_f.data
+            fresh[True] = sig_f
+        elif cache is not None:
+            cache.drop(sig=True)  # the remote stopped signing: an old signature must go
+        sum_f = self.fetcher.fetch_fresh(
+            "summary", max_size=min(sm.MAX_SUMMARY, self.opts.max_metadata_size),
+            validate=sm.parse, cached=cached.validators if cached and sig is None else None)
+        if sum_f is None:
+            return sig, None, fresh
+        if sum_f.data is None and cached is not None:
+            return sig, cached.data, fresh
+        fresh[False] = sum_f
+        return sig, sum_f.data, fresh
 
     def _resolve_ref(self, ref: str) -> str:
         if self.summary is not None:
