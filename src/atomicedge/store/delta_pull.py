@@ -133,7 +133,7 @@ def _apply(puller: Puller, ref: str, sb: df.Superblock, relpath: str) -> None:
             def check(d: bytes) -> None:
                 if hashlib.sha256(d).hexdigest() != header.checksum:
                     raise CorruptionError("static delta part has the wrong checksum")
-            part = puller.fetcher.fetch(f"{relpath}/{i}", max_size=header.size,
+            part = puller.content.fetch(f"{relpath}/{i}", max_size=header.size,
                                         validate=check)
             assert part is not None
         return decode_part(part, header, check_digest=False)

@@ -34,8 +34,9 @@ from atomicedge.store import objects as ob
 from atomicedge.store import remotes as rem
 from atomicedge.store import summary as sm
 from atomicedge.store.content import InflateError, fast_zlib
-from atomicedge.store.fetch import Fetcher, Fresh
+from atomicedge.store.fetch import FetchStats, Fresh
 from atomicedge.store.keyfile import KeyFile
+from atomicedge.store.mirrors import Source, open_source
 from atomicedge.store.objects import (
     Commit,
     DirTree,
@@ -143,9 +144,12 @@ class Puller:
         self.policy = opts.policy or policy_for(remote)
         self.progress = progress
         self.stats = PullStats()
-        self.fetcher = Fetcher(remote.url, max_connections=opts.connections,
-                               retries=opts.retries, backoff=opts.backoff,
-                               read_timeout=opts.read_timeout)
+        kw: dict[str, Any] = dict(max_connections=opts.connections, retries=opts.retries,
+                                  backoff=opts.backoff, read_timeout=opts.read_timeout)
+        self.fetcher: Source = open_source(remote.url, **kw)
+        # content objects and delta parts: the remote's contenturl (a CDN), if it has one
+        self.content: Source = open_source(remote.contenturl, **kw) if remote.contenturl \
+            else self.fetcher
         self.pool = ThreadPoolExecutor(max_workers=opts.connections)
         self.summary: sm.Summary | None = None
         self.summary_bytes: bytes | None = None
@@ -163,11 +167,21 @@ class Puller:
             self._procs.shutdown(wait=True, cancel_futures=True)
             _FORKED = None
         self.fetcher.close()
+        if self.content is not self.fetcher:
+            self.content.close()
+
+    def fetch_stats(self) -> FetchStats:
+        """What crossed the wire, from the remote's url and its contenturl together."""
+        if self.content is self.fetcher:
+            return self.fetcher.stats
+        a, b = self.fetcher.stats, self.content.stats
+        return FetchStats(a.requests + b.requests, a.bytes + b.bytes, a.retries + b.retries,
+                          a.not_found + b.not_found)
 
     # -- progress ----------------------------------------------------------------------
 
     def tick(self, force: bool = False) -> None:
-        fs = self.fetcher.stats
+        fs = self.fetch_stats()
         self.stats.bytes, self.stats.requests, self.stats.retries = (
             fs.bytes, fs.requests, fs.retries)
         now = time.monotonic()
@@ -521,7 +535,7 @@ class Puller:
             raise
 
     def _counts(self) -> dict[str, int]:
-        fs = self.fetcher.stats
+        fs = self.fetch_stats()
         return {"metadata_fetched": self.stats.metadata_fetched,
                 "content_fetched": self.stats.content_fetched,
                 "objects_done": self.stats.objects_done, "requests": fs.requests,
@@ -538,7 +552,8 @@ class Puller:
         try:
             paths = [_objpath(c, t.ext if t != ObjectType.FILE else "filez") for c, t in objs]
             caps = [self._cap(o) for o in objs]
-            for i, data in self.fetcher.fetch_many(paths, caps):
+            source = self.content if objs and objs[0][1] == ObjectType.FILE else self.fetcher
+            for i, data in source.fetch_many(paths, caps):
                 if abort.is_set():
                     return
                 if data is None or not self._store(tx, objs[i], data):
@@ -598,7 +613,8 @@ class Puller:
                 _check_meta(data, csum, objtype)
             holder.append(data)
 
-        self.fetcher.fetch(_objpath(csum, ext), max_size=self._cap(obj), validate=check)
+        source = self.content if objtype == ObjectType.FILE else self.fetcher
+        source.fetch(_objpath(csum, ext), max_size=self._cap(obj), validate=check)
         if not self._store(tx, obj, holder[0]):
             raise CorruptionError(f"{csum}.{ext} changed between checks")
 
@@ -610,7 +626,9 @@ def _init_worker() -> None:
     """In a fresh worker: own connections (never the parent's pooled sockets), no UI."""
     p = _FORKED
     assert p is not None
+    separate = p.content is not p.fetcher
     p.fetcher = p.fetcher.clone()
+    p.content = p.content.clone() if separate else p.fetcher
     p.progress = None
     p.pool = ThreadPoolExecutor(max_workers=1)
 

@@ -27,9 +27,12 @@ def validate_remote_name(name: str) -> str:
     return name
 
 
-def validate_url(url: str) -> str:
-    if urlsplit(url).scheme not in ("http", "https", "file"):
-        raise UsageError(f"invalid remote URL {url!r}", "use http://, https:// or file://")
+def validate_url(url: str, what: str = "remote URL") -> str:
+    """A repository URL, or ``mirrorlist=URL`` of a file listing them (ostree's syntax)."""
+    bare = url[len("mirrorlist="):] if url.startswith("mirrorlist=") else url
+    if urlsplit(bare).scheme not in ("http", "https", "file"):
+        raise UsageError(f"invalid {what} {url!r}",
+                         "use http://, https:// or file:// URLs, optionally after mirrorlist=")
     return url
 
 
@@ -46,6 +49,7 @@ class Remote:
     ed25519_keys: list[str] = field(default_factory=list)
     gpg_keyring: Path | None = None
     branches: list[str] = field(default_factory=list)
+    contenturl: str | None = None  # content objects and delta parts come from here
 
 
 def add(repo: Repo, name: str, url: str, *, gpg_verify: bool = True,
@@ -53,6 +57,8 @@ def add(repo: Repo, name: str, url: str, *, gpg_verify: bool = True,
         options: dict[str, str] | None = None, if_not_exists: bool = False) -> None:
     validate_remote_name(name)
     validate_url(url)
+    if options and options.get("contenturl"):
+        validate_url(options["contenturl"], "contenturl")
     group = _group(name)
     if group in repo.config.groups:
         if if_not_exists:
@@ -98,6 +104,9 @@ def get(repo: Repo, name: str) -> Remote:
     cfg = repo.config
     url = cfg.get(group, "url") or ""
     validate_url(url)
+    contenturl = cfg.get(group, "contenturl")
+    if contenturl:
+        validate_url(contenturl, f"contenturl of remote {name!r}")
     sign = (cfg.get(group, "sign-verify") or "false").lower()
     keys = [k for k in (cfg.get(group, "verification-ed25519-key") or "").split(";") if k]
     keyfile = cfg.get(group, "verification-ed25519-file")
@@ -115,7 +124,8 @@ def get(repo: Repo, name: str) -> Remote:
         sign_verify=sign not in ("false", "0", "no"),
         sign_verify_summary=cfg.get_bool(group, "sign-verify-summary", False),
         ed25519_keys=keys, gpg_keyring=keyring if keyring.exists() else None,
-        branches=[b for b in (cfg.get(group, "branches") or "").split(";") if b])
+        branches=[b for b in (cfg.get(group, "branches") or "").split(";") if b],
+        contenturl=contenturl or None)
 
 
 def resolve(repo: Repo, remote_or_url: str) -> Remote:
