@@ -12,12 +12,28 @@ import socketserver
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
 KINDS = ("truncate", "flip", "wrong", "500", "stall", "reset", "reset-mid")
 FaultFn = Callable[[int, str], str | None]
+
+
+def request_paths(sock: socket.socket) -> Iterator[str]:
+    """The path of each request arriving on ``sock`` (pipelined ones too), until EOF."""
+    buf = b""
+    while True:
+        while b"\r\n\r\n" not in buf:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        yield head.split(b"\r\n")[0].split(b" ")[1].decode()
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -26,18 +42,7 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock = self.request
         sock.settimeout(10)
-        buf = b""
-        while True:
-            while b"\r\n\r\n" not in buf:
-                try:
-                    chunk = sock.recv(65536)
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                buf += chunk
-            head, buf = buf.split(b"\r\n\r\n", 1)
-            path = head.split(b"\r\n")[0].split(b" ")[1].decode()
+        for path in request_paths(sock):
             if not self.server.respond(sock, path):
                 return
 

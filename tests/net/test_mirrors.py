@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,6 @@ from atomicedge.store.pull import pull
 from atomicedge.store.repo import Repo
 from atomicedge.store.serve import Server
 from atomicedge.store.walk import reachable
-
-
-def _paths(capsys: pytest.CaptureFixture[str]) -> list[tuple[str, str]]:
-    """(port, path) of every GET the servers logged since the last call."""
-    time.sleep(0.1)
-    out = []
-    for line in capsys.readouterr().out.splitlines():
-        if line.startswith("GET "):
-            out.append(line.split()[1])
-    return out
 
 
 def _dead_url() -> str:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from faultserver import request_paths
 
 from atomicedge.store import pipeline
 from atomicedge.store.pipeline import Broken, Endpoint, get_many
@@ -22,18 +23,8 @@ def _serve(answer: Callable[[int, socket.socket], None]) -> Iterator[Endpoint]:
     stop = threading.Event()
 
     def conn(sock: socket.socket) -> None:
-        buf = b""
         with sock:
-            while not stop.is_set():
-                while b"\r\n\r\n" not in buf:
-                    try:
-                        chunk = sock.recv(65536)
-                    except OSError:
-                        return
-                    if not chunk:
-                        return
-                    buf += chunk
-                _head, buf = buf.split(b"\r\n\r\n", 1)
+            for _path in request_paths(sock):
                 count[0] += 1
                 try:
                     answer(count[0] - 1, sock)

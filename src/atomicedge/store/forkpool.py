@@ -30,18 +30,11 @@ def workers() -> int:
     return os.cpu_count() or 1
 
 
-def pool(max_workers: int | None = None,
-         init: Callable[[], None] | None = None) -> ProcessPoolExecutor:
-    """A pool of forked workers that die with the caller; ``init`` runs in each one."""
+def pool(max_workers: int | None = None) -> ProcessPoolExecutor:
+    """A pool of forked workers that die with the caller."""
     ctx = multiprocessing.get_context("fork")
     return ProcessPoolExecutor(max_workers=max_workers or workers(), mp_context=ctx,
-                               initializer=_init_worker, initargs=(os.getpid(), init))
-
-
-def _init_worker(parent: int, init: Callable[[], None] | None) -> None:
-    _die_with_parent(parent)
-    if init is not None:
-        init()
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
 
 
 def fork_map(func: Callable[[T], R], batches: list[T]) -> list[R]:

@@ -47,6 +47,7 @@ class Mirrors:
         self.retries: int = kw.get("retries", 5)
         self._kw = kw
         self._sleep: Callable[[float], None] = kw.get("sleep", time.sleep)
+        self._backoff: float = kw.get("backoff", 0.1)
         # each mirror gets one attempt per round; the rounds do the retrying
         self.members = [Fetcher(u, **{**kw, "retries": 0}) for u in urls]
         self._current = 0
@@ -79,7 +80,7 @@ class Mirrors:
         last: AtomicEdgeError | None = None
         for attempt in range(self.retries + 1):
             if attempt:
-                self._sleep(min(0.1 * 2 ** (attempt - 1), 5.0))
+                self._sleep(min(self._backoff * 2 ** (attempt - 1), 5.0))
             missing = failed = 0
             for i in self._order():
                 try:

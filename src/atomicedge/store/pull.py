@@ -161,11 +161,10 @@ class Puller:
         self._trees: dict[str, bytes] | None = None  # dirtrees fetched in this level
 
     def close(self) -> None:
-        global _FORKED
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self._procs is not None:
             self._procs.shutdown(wait=True, cancel_futures=True)
-            _FORKED = None
+            _FORKED.pop(id(self), None)
         self.fetcher.close()
         if self.content is not self.fetcher:
             self.content.close()
@@ -515,13 +514,13 @@ class Puller:
         into this transaction's directory and hand back what they staged; only this
         process commits, so the batch is still all-or-nothing.
         """
-        global _FORKED
         if self._procs is None:
-            _FORKED = self
-            self._procs = forkpool.pool(min(PIPELINES, forkpool.workers()), _init_worker)
+            _FORKED[id(self)] = self  # before any worker forks: they find it by its key
+            self._procs = forkpool.pool(min(PIPELINES, forkpool.workers()))
         assert tx.staging is not None
         chunks = [batch[i:i + FORK_CHUNK] for i in range(0, len(batch), FORK_CHUNK)]
-        futures = [self._procs.submit(_forked_chunk, str(tx.staging), c) for c in chunks]
+        futures = [self._procs.submit(_forked_chunk, id(self), str(tx.staging), c)
+                   for c in chunks]
         try:
             for fut in as_completed(futures):
                 staged, counts = fut.result()
@@ -619,24 +618,29 @@ class Puller:
             raise CorruptionError(f"{csum}.{ext} changed between checks")
 
 
-_FORKED: Puller | None = None  # the puller whose workers are forked (they inherit it)
+# pullers with forked workers, by key: a worker (forked whenever the pool decides) finds
+# its puller here even while other pulls run in the same process
+_FORKED: dict[int, Puller] = {}
+_READY: set[tuple[int, int]] = set()  # (pid, key): set up in this worker already
 
 
-def _init_worker() -> None:
-    """In a fresh worker: own connections (never the parent's pooled sockets), no UI."""
-    p = _FORKED
-    assert p is not None
-    separate = p.content is not p.fetcher
-    p.fetcher = p.fetcher.clone()
-    p.content = p.content.clone() if separate else p.fetcher
-    p.progress = None
-    p.pool = ThreadPoolExecutor(max_workers=1)
+def _worker_puller(key: int) -> Puller:
+    """The puller in a worker, with its own connections (never the parent's pooled
+    sockets) and no UI."""
+    p = _FORKED[key]
+    if (os.getpid(), key) not in _READY:
+        separate = p.content is not p.fetcher
+        p.fetcher = p.fetcher.clone()
+        p.content = p.content.clone() if separate else p.fetcher
+        p.progress = None
+        p.pool = ThreadPoolExecutor(max_workers=1)
+        _READY.add((os.getpid(), key))
+    return p
 
 
-def _forked_chunk(staging: str, objs: list[ObjRef]
+def _forked_chunk(key: int, staging: str, objs: list[ObjRef]
                   ) -> tuple[list[tuple[ObjRef, str]], dict[str, int]]:
-    p = _FORKED
-    assert p is not None
+    p = _worker_puller(key)
     tx = Transaction.attach(p.repo, Path(staging))
     before = p._counts()
     p._fetch_slice(tx, objs, threading.Event())
