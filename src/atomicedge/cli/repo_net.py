@@ -283,8 +283,18 @@ def _register_delta(sub: Sub) -> None:
     g.add_argument("--max-chunk-size", type=int, default=32, metavar="MB")
     g.add_argument("--disable-bsdiff", action="store_true")
     g.add_argument("--filename", type=Path, help="write a self-contained delta here")
+    g.add_argument("--sign", action="append", default=[], metavar="SECRET",
+                   help="sign the superblock with this ed25519 secret key (repeatable)")
+    g.add_argument("--sign-type", default="ed25519", choices=["ed25519"])
+    g.add_argument("--keys-file", type=Path,
+                   help="file with one ed25519 secret key (base64) per line")
     g.add_argument("rev", nargs="?", help="TO (alternative to --to)")
     g.set_defaults(func=cmd_delta_generate)
+    v = ds.add_parser("verify", help="check a delta's superblock signature")
+    _repo_arg(v)
+    v.add_argument("name")
+    _trusted_keys_args(v)
+    v.set_defaults(func=cmd_delta_verify)
     ls = ds.add_parser("list", help="list deltas")
     _repo_arg(ls)
     ls.set_defaults(func=cmd_delta_list)
@@ -295,11 +305,32 @@ def _register_delta(sub: Sub) -> None:
     ap = ds.add_parser("apply-offline", help="apply a delta from a superblock file")
     _repo_arg(ap)
     ap.add_argument("path", type=Path)
+    _trusted_keys_args(ap)
     ap.set_defaults(func=cmd_delta_apply)
     de = ds.add_parser("delete", help="delete a delta")
     _repo_arg(de)
     de.add_argument("name")
     de.set_defaults(func=cmd_delta_delete)
+
+
+def _trusted_keys_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("keys", nargs="*", metavar="KEY", help="trusted ed25519 public keys")
+    p.add_argument("--sign-type", default="ed25519", choices=["ed25519"])
+    p.add_argument("--keys-file", type=Path, help="one ed25519 public key (base64) per line")
+
+
+def _keys(args: argparse.Namespace) -> list[str]:
+    return list(args.keys) + (_read_keys(args.keys_file) if args.keys_file else [])
+
+
+def cmd_delta_verify(args: argparse.Namespace) -> int:
+    from atomicedge.store import delta
+    keys = _keys(args)
+    if not keys:
+        raise UsageError("no trusted keys given", "pass public keys or --keys-file")
+    delta.verify(Repo.open(args.repo), args.name, keys)
+    print(f"static delta {args.name}: valid ed25519 signature")
+    return 0
 
 
 def cmd_delta_generate(args: argparse.Namespace) -> int:
@@ -313,7 +344,9 @@ def cmd_delta_generate(args: argparse.Namespace) -> int:
     res = delta.generate(repo, frm, to, inline=args.inline,
                          min_fallback_size=args.min_fallback_size * 1_000_000,
                          max_chunk_size=max(args.max_chunk_size, 1) * 1_000_000,
-                         bsdiff=not args.disable_bsdiff, filename=args.filename)
+                         bsdiff=not args.disable_bsdiff, filename=args.filename,
+                         sign_secrets=list(args.sign) + (_read_keys(args.keys_file)
+                                                         if args.keys_file else []))
     print(f"Generated static delta {res.name}: {res.parts} part(s), {res.total_size} bytes, "
           f"{res.fallbacks} fallback(s), bsdiff={res.bsdiff}")
     return 0
@@ -337,7 +370,7 @@ def cmd_delta_show(args: argparse.Namespace) -> int:
 
 def cmd_delta_apply(args: argparse.Namespace) -> int:
     from atomicedge.store import delta
-    csum = delta.apply_offline(Repo.open(args.repo), args.path)
+    csum = delta.apply_offline(Repo.open(args.repo), args.path, _keys(args))
     print(f"applied delta to {csum}")
     return 0
 
@@ -388,7 +421,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
     repo = Repo.open(args.repo)
     csum = repo.resolve_rev(args.commit)
     data = repo.read_metadata_bytes(csum, ObjectType.COMMIT)
-    keys = list(args.keys) + (_read_keys(args.keys_file) if args.keys_file else [])
+    keys = _keys(args)
     if not keys:
         raise UsageError("no keys given", "pass keys as arguments or --keys-file")
     meta = repo.read_detached_metadata(csum)

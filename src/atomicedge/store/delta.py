@@ -14,7 +14,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,7 @@ from atomicedge.errors import FormatError, NotFoundError, UsageError
 from atomicedge.fsutil import atomic_write
 from atomicedge.store import delta_format as df
 from atomicedge.store import objects as ob
+from atomicedge.store import sign
 from atomicedge.store.delta_apply import bsdiff_stream, decode_part, run_part
 from atomicedge.store.gvariant import Variant
 from atomicedge.store.objects import FileHeader, ObjectType
@@ -195,8 +196,14 @@ def _build_parts(repo: Repo, plan: _Plan, max_chunk: int) -> tuple[list[_Part], 
 def generate(repo: Repo, frm: str | None, to: str, *, inline: bool = False,
              min_fallback_size: int = 4_000_000, max_chunk_size: int = 32_000_000,
              bsdiff: bool = True, filename: Path | None = None,
-             now: int | None = None) -> GenResult:
-    """Write the delta FROM -> TO (``frm=None``: from scratch) into ``deltas/``."""
+             now: int | None = None, sign_secrets: Sequence[str] = ()) -> GenResult:
+    """Write the delta FROM -> TO (``frm=None``: from scratch) into ``deltas/``.
+
+    ``sign_secrets`` (ed25519, ostree's base64 form) make it a signed superblock, which
+    ``apply-offline`` and pulls from a ``sign-verify`` remote check before using it.
+    """
+    for secret in sign_secrets:
+        sign.ed25519_signing_key(secret)  # a bad key fails before any work
     to = repo.resolve_rev(to)
     if frm is not None:
         frm = repo.resolve_rev(frm)
@@ -225,6 +232,11 @@ def generate(repo: Repo, frm: str | None, to: str, *, inline: bool = False,
         size = repo.object_path(c, ObjectType.FILE).stat().st_size
         sb.fallbacks.append(df.Fallback(ObjectType.FILE, c, size, len(content)))
     sbytes = df.encode_superblock(sb)
+    if sign_secrets:
+        sigs: dict[str, Any] = {}
+        for secret in sign_secrets:
+            sigs = sign.add_signature(sigs, sign.ED25519_KEY, sign.ed25519_sign(sbytes, secret))
+        sbytes = df.wrap_signed(sbytes, sigs)
     name = df.delta_name(frm, to)
     if filename is not None:
         atomic_write(filename, sbytes)
@@ -270,9 +282,14 @@ def delete(repo: Repo, name: str) -> None:
 
 
 def load_superblock(path: Path) -> tuple[df.Superblock, dict[str, Any] | None]:
-    data = path.read_bytes()
-    inner, sigs = df.unwrap_signed(data)
+    inner, sigs = df.unwrap_signed(path.read_bytes())
     return df.parse_superblock(inner), sigs
+
+
+def verify(repo: Repo, name: str, keys: Sequence[str]) -> None:
+    """``static-delta verify``: the published delta's superblock signature."""
+    path = _delta_dir(repo, name) / "superblock"
+    df.verify_superblock(path.read_bytes(), keys, f"static delta {name}")
 
 
 def show(repo: Repo, name: str) -> str:
@@ -290,12 +307,22 @@ def show(repo: Repo, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def apply_offline(repo: Repo, superblock_path: Path) -> str:
-    """Apply a delta whose superblock (and numbered parts beside it) are local files."""
+def apply_offline(repo: Repo, superblock_path: Path, keys: Sequence[str] = ()) -> str:
+    """Apply a delta whose superblock (and numbered parts beside it) are local files.
+
+    With trusted ``keys`` given, or ``core.sign-verify-deltas=true`` in the repo config
+    (then keys are required), the superblock's signature is checked before anything is
+    written: a USB stick is as untrusted as a network.
+    """
     if superblock_path.is_dir():
         superblock_path = superblock_path / "superblock"
     if not superblock_path.is_file():
         raise NotFoundError(f"{superblock_path} does not exist")
+    if keys or repo.config.get_bool("core", "sign-verify-deltas", False):
+        if not keys:
+            raise UsageError("core.sign-verify-deltas is set but no trusted key was given",
+                             "pass the public key(s) or --keys-file")
+        df.verify_superblock(superblock_path.read_bytes(), keys, str(superblock_path))
     sb, _sigs = load_superblock(superblock_path)
     if sb.fallbacks:
         raise FormatError("this delta has HTTP fallback objects; it cannot be applied "

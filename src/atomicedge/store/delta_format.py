@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import lzma
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from atomicedge.errors import CorruptionError, FormatError
 from atomicedge.store import gvariant as gv
 from atomicedge.store import objects as ob
+from atomicedge.store import sign
 from atomicedge.store.gvariant import Variant
 from atomicedge.store.objects import ObjectType
 
@@ -173,6 +175,21 @@ def unwrap_signed(data: bytes) -> tuple[bytes, dict[str, Any] | None]:
     if ob.bswap64(magic) != SIGNED_MAGIC:
         raise FormatError("signed delta superblock with a bad magic")
     return bytes(inner), dict(sigs)
+
+
+def wrap_signed(inner: bytes, signatures: dict[str, Any]) -> bytes:
+    """The signed superblock file: ``(taya{sv})`` = (magic, plain superblock, signatures)."""
+    return gv.encode(SIGNED_SUPERBLOCK_SIG, (ob.bswap64(SIGNED_MAGIC), inner, signatures))
+
+
+def verify_superblock(data: bytes, keys: Sequence[str], what: str) -> None:
+    """Raise CorruptionError unless the superblock file carries a valid ed25519 signature
+    by one of ``keys`` (several: key rotation)."""
+    inner, sigs = unwrap_signed(data)
+    if sigs is None:
+        raise CorruptionError(f"{what} is not signed",
+                              "generate it with: static-delta generate --sign=SECRET")
+    sign.verify(what, inner, sigs, sign.TrustPolicy(ed25519=True, ed25519_keys=list(keys)))
 
 
 def parse_superblock(data: bytes) -> Superblock:

@@ -97,7 +97,16 @@ def try_delta(puller: Puller, ref: str, to_csum: str) -> bool:
     if digest is not None and hashlib.sha256(data).hexdigest() != digest:
         raise CorruptionError(f"static delta superblock for {to_csum} does not match the "
                               "digest the server advertises")
-    inner, _sigs = df.unwrap_signed(data)
+    inner, sigs = df.unwrap_signed(data)
+    if sigs is not None and puller.policy.ed25519:  # signed, and we have trusted keys
+        try:
+            df.verify_superblock(data, puller.policy.ed25519_keys,
+                              f"static delta {df.delta_name(frm, to_csum)}")
+        except CorruptionError as exc:
+            if puller.opts.require_static_deltas:
+                raise
+            log.warning("not using the static delta: %s; pulling objects", exc.message)
+            return False
     sb = df.parse_superblock(inner)
     if sb.to_csum != to_csum or sb.from_csum != frm:
         raise CorruptionError("static delta superblock names other commits than its path")
