@@ -1,8 +1,9 @@
 """The "serve and update" part of ``make demo``: install over HTTP, then a delta update.
 
-Serves the demo repository, pulls it into a fresh device-side repository with a live
-progress bar, publishes v2 (one file changed, one added) with a static delta, pulls the
-update, and prints what the server counted for each step — the seed demo's numbers.
+Serves the demo repository, pulls v1 into a fresh device-side repository with a live
+progress bar, publishes v2 with a static delta (the composed v1 -> v2 update, or a small
+demo v2 when there is no history), pulls the update, and prints what the server counted
+for each step — the seed demo's numbers.
 """
 
 from __future__ import annotations
@@ -73,9 +74,24 @@ def publish_v2(repo: Repo, ref: str, now: int | None = None) -> tuple[str, str]:
     return v1, v2
 
 
+def _published_update(repo: Repo, ref: str) -> tuple[str, str] | None:
+    """(v1, v2) when ``ref``'s head has its parent in the repo: the composed update."""
+    v2 = repo.resolve_rev(ref)
+    parent = repo.load_commit(v2).parent
+    if parent is None or not repo.has_object(parent, ObjectType.COMMIT) \
+            or repo.is_partial(parent):
+        return None
+    return parent, v2
+
+
 def run(workdir: Path, repo_path: Path, ref: str, console: Any) -> dict[str, Any]:
-    """Serve ``repo_path``, install ``ref`` into a client, publish v2 + delta, update."""
+    """Serve ``repo_path``, install v1 into a client, publish v2 + delta, update.
+
+    With a history on ``ref`` (act 2 composed v1, then v2 with strace) that history is
+    the update, as in the seed demo; a single commit gets a small demo v2 on top.
+    """
     repo = Repo.open(repo_path)
+    history = _published_update(repo, ref)
     summary.update(repo)
     target = Path(workdir) / "device-repo"
     shutil.rmtree(target, ignore_errors=True)
@@ -83,17 +99,19 @@ def run(workdir: Path, repo_path: Path, ref: str, console: Any) -> dict[str, Any
     out: dict[str, Any] = {}
     with Server(repo.path) as srv:
         console.print(f"[bold]serving[/bold] {repo.path} at {srv.url} (stats: {srv.url}/stats)")
+        spec = f"{ref}@{history[0]}" if history else ref
         with RichPullProgress(console, "install") as bar:
-            res = pull(client, srv.url, [ref], progress=bar, disable_static_deltas=True)
+            res = pull(client, srv.url, [spec], progress=bar, disable_static_deltas=True)
         out["install"] = {"files": srv.stats.files, "bytes": srv.stats.bytes,
                           "objects": res.stats.metadata_fetched + res.stats.content_fetched,
                           "seconds": round(res.stats.seconds, 2)}
         console.print(f"install: server sent {srv.stats.files} files, {srv.stats.bytes:,} "
                       f"bytes in {res.stats.seconds:.2f} s")
-        v1, v2 = publish_v2(repo, ref)
+        v1, v2 = history or publish_v2(repo, ref)
         gen = delta.generate(repo, v1, v2)
         summary.update(repo)
-        console.print(f"published v2 {v2[:12]} with static delta {gen.name[:12]}…"
+        what = "the composed v2" if history else "a demo v2"
+        console.print(f"published {what} {v2[:12]} with static delta {gen.name[:12]}…"
                       f"{gen.name[-12:]} ({gen.total_size:,} bytes, {gen.bsdiff} bsdiff)")
         files0, bytes0 = srv.stats.files, srv.stats.bytes
         with RichPullProgress(console, "update") as bar:
