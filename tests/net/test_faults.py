@@ -160,17 +160,21 @@ def test_interrupted_pull_keeps_finished_batches(tmp_path: Path, src_repo: tuple
     ostree_fsck(dst.path)
 
 
+@pytest.mark.parametrize("cores", [1, 2], ids=["in-process", "forked-parts"])
 @pytest.mark.parametrize("kind", ["flip", "truncate", "reset-mid", "wrong"])
-def test_faults_during_a_delta_pull_never_store_bad_objects(tmp_path: Path,
-                                                            tiny_repo: tuple[Repo, str],
-                                                            kind: str) -> None:
-    from atomicedge.store import delta
+def test_faults_during_a_delta_pull_never_store_bad_objects(
+        tmp_path: Path, tiny_repo: tuple[Repo, str], kind: str, cores: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several small parts, applied in this process or by forked workers (one per core)."""
+    from atomicedge.store import delta, forkpool
+    monkeypatch.setattr(forkpool, "workers", lambda: cores)
     repo, csum = tiny_repo
-    delta.generate(repo, None, csum)
+    gen = delta.generate(repo, None, csum, max_chunk_size=2000)
+    assert gen.parts > 2
     summary.update(repo)
     with FaultServer(repo.path) as probe:
         res = pull(_client(tmp_path / "probe"), probe.url, ["main"], **FAST)
-        assert res.stats.deltas == [csum]
+        assert res.stats.deltas == [csum] and res.stats.delta_parts == gen.parts
         n_requests = probe.count
     for index in range(n_requests):
         dst = _client(tmp_path / f"{kind}-{index}")

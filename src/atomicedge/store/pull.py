@@ -23,7 +23,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import (
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    as_completed,
+    wait,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -514,18 +520,14 @@ class Puller:
         into this transaction's directory and hand back what they staged; only this
         process commits, so the batch is still all-or-nothing.
         """
-        if self._procs is None:
-            _FORKED[id(self)] = self  # before any worker forks: they find it by its key
-            self._procs = forkpool.pool(min(PIPELINES, forkpool.workers()))
         assert tx.staging is not None
         chunks = [batch[i:i + FORK_CHUNK] for i in range(0, len(batch), FORK_CHUNK)]
-        futures = [self._procs.submit(_forked_chunk, id(self), str(tx.staging), c)
-                   for c in chunks]
+        futures = [self.submit_forked(_forked_chunk, str(tx.staging), c) for c in chunks]
         try:
             for fut in as_completed(futures):
                 staged, counts = fut.result()
                 tx.adopt(staged)
-                self._absorb(counts)
+                self.absorb(counts)
                 self.tick()
         except BaseException:
             for f in futures:
@@ -533,14 +535,21 @@ class Puller:
             wait(futures)  # no worker may still write into the staging dir we drop
             raise
 
-    def _counts(self) -> dict[str, int]:
+    def submit_forked(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run ``fn(key, *args)`` in this pull's forked workers (see :func:`worker_puller`)."""
+        if self._procs is None:
+            _FORKED[id(self)] = self  # before any worker forks: they find it by its key
+            self._procs = forkpool.pool(min(PIPELINES, forkpool.workers()))
+        return self._procs.submit(fn, id(self), *args)
+
+    def counts(self) -> dict[str, int]:
         fs = self.fetch_stats()
         return {"metadata_fetched": self.stats.metadata_fetched,
                 "content_fetched": self.stats.content_fetched,
                 "objects_done": self.stats.objects_done, "requests": fs.requests,
                 "bytes": fs.bytes, "retries": fs.retries, "not_found": fs.not_found}
 
-    def _absorb(self, counts: dict[str, int]) -> None:
+    def absorb(self, counts: dict[str, int]) -> None:
         with self._stats_lock:
             for key in ("metadata_fetched", "content_fetched", "objects_done"):
                 setattr(self.stats, key, getattr(self.stats, key) + counts[key])
@@ -624,7 +633,7 @@ _FORKED: dict[int, Puller] = {}
 _READY: set[tuple[int, int]] = set()  # (pid, key): set up in this worker already
 
 
-def _worker_puller(key: int) -> Puller:
+def worker_puller(key: int) -> Puller:
     """The puller in a worker, with its own connections (never the parent's pooled
     sockets) and no UI."""
     p = _FORKED[key]
@@ -640,11 +649,11 @@ def _worker_puller(key: int) -> Puller:
 
 def _forked_chunk(key: int, staging: str, objs: list[ObjRef]
                   ) -> tuple[list[tuple[ObjRef, str]], dict[str, int]]:
-    p = _worker_puller(key)
+    p = worker_puller(key)
     tx = Transaction.attach(p.repo, Path(staging))
-    before = p._counts()
+    before = p.counts()
     p._fetch_slice(tx, objs, threading.Event())
-    after = p._counts()
+    after = p.counts()
     return tx.staged(), {k: after[k] - before[k] for k in after}
 
 
