@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,11 +48,18 @@ def server(src_repo: tuple[Repo, str]) -> Iterator[Server]:
         yield s
 
 
+def stop_gpg_agent(home: Path) -> None:
+    """gpg starts an agent per home; the tests must not leave daemons behind."""
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False,
+                   capture_output=True)
+
+
 @pytest.fixture(scope="session")
-def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
+def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, Path]]:
     """(gnupg home, key id, exported public key file) of a throw-away signing key."""
     home = tmp_path_factory.mktemp("gnupg")
     key = gpg.generate_test_key(home, "atomicedge test")
     pub = home / "pub.gpg"
     pub.write_bytes(gpg.export_keys(home, [key]))
-    return home, key, pub
+    yield home, key, pub
+    stop_gpg_agent(home)

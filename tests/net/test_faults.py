@@ -70,9 +70,9 @@ def workers(request: pytest.FixtureRequest,
     if request.param == "forked":
         real = pullmod.Puller._fetch_forked
 
-        def counted(self: pullmod.Puller, tx: Any, batch: list[Any]) -> None:
-            forked_batches.append(len(batch))
-            real(self, tx, batch)
+        def counted(self: pullmod.Puller, batches: list[Any]) -> None:
+            forked_batches.append(len(batches))
+            real(self, batches)
 
         monkeypatch.setattr(pullmod.Puller, "_fetch_forked", counted)
         monkeypatch.setattr(pullmod, "FORK_MIN", 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,14 @@ from atomicedge.store.objects import ObjectType
 from atomicedge.store.pull import pull
 from atomicedge.store.repo import Repo
 from atomicedge.store.serve import Server
+from conftest import stop_gpg_agent
 
 
 @pytest.fixture(scope="module")
-def other_gpg_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def other_gpg_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     home = tmp_path_factory.mktemp("gnupg-other")
-    return home, gpg.generate_test_key(home, "intruder")
+    yield home, gpg.generate_test_key(home, "intruder")
+    stop_gpg_agent(home)
 
 
 def _no_objects(repo: Repo) -> bool:

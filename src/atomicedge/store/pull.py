@@ -17,6 +17,7 @@ Static deltas are tried first when the remote advertises one (see :mod:`delta_pu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -57,7 +58,7 @@ from atomicedge.store.transaction import Transaction
 log = logging.getLogger(__name__)
 
 BATCH = int(os.environ.get("ATOMICEDGE_PULL_BATCH", "") or 1000)  # objects per commit
-# a batch this big goes to forked workers (see Puller._fetch_forked)
+# a pull missing this many objects uses forked workers (see Puller._fetch_forked)
 FORK_MIN = int(os.environ.get("ATOMICEDGE_PULL_FORK_MIN", "") or 256)
 FORK_CHUNK = 128  # objects per worker task: the unit of progress reports
 PIPELINES = 2  # pipelined connections (32 requests in flight each); more only adds GIL churn
@@ -494,13 +495,13 @@ class Puller:
         not committed, but every earlier batch is, so a re-run resumes from there.
         """
         missing = self._missing(objs)
-        for i in range(0, len(missing), BATCH):
-            batch = missing[i:i + BATCH]
+        batches = [missing[i:i + BATCH] for i in range(0, len(missing), BATCH)]
+        if len(missing) >= FORK_MIN and forkpool.workers() > 1:
+            self._fetch_forked(batches)
+            return
+        for batch in batches:
             with self.repo.transaction() as tx:
-                if len(batch) >= FORK_MIN and forkpool.workers() > 1:
-                    self._fetch_forked(tx, batch)
-                else:
-                    self._fetch_threaded(tx, batch)
+                self._fetch_threaded(tx, batch)
 
     def _fetch_threaded(self, tx: Transaction, batch: list[ObjRef]) -> None:
         n = max(1, min(self.opts.connections, PIPELINES))
@@ -512,28 +513,42 @@ class Puller:
         if first is not None:
             raise first
 
-    def _fetch_forked(self, tx: Transaction, batch: list[ObjRef]) -> None:
-        """Big batches: one forked worker per core, each with its own pipelined connection.
+    def _fetch_forked(self, batches: list[list[ObjRef]]) -> None:
+        """Big pulls: one forked worker per core, each with its own pipelined connection.
 
         Verifying (inflate + SHA-256) and writing thousands of objects is Python between
-        syscalls, which the GIL would serialise; processes use both cores. Workers stage
-        into this transaction's directory and hand back what they staged; only this
-        process commits, so the batch is still all-or-nothing.
+        syscalls, which the GIL would serialise; processes use both cores. Every batch has
+        its own transaction; workers stage into its directory and hand back what they
+        staged, and this process commits a batch as soon as all of it is in, while the
+        workers go on with the next ones (so a syncfs never leaves them idle). A batch is
+        still all-or-nothing, and an interrupted pull keeps every committed batch.
         """
-        assert tx.staging is not None
-        chunks = [batch[i:i + FORK_CHUNK] for i in range(0, len(batch), FORK_CHUNK)]
-        futures = [self.submit_forked(_forked_chunk, str(tx.staging), c) for c in chunks]
-        try:
-            for fut in as_completed(futures):
-                staged, counts = fut.result()
-                tx.adopt(staged)
-                self.absorb(counts)
-                self.tick()
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            wait(futures)  # no worker may still write into the staging dir we drop
-            raise
+        with contextlib.ExitStack() as stack:
+            txs: list[Transaction] = []
+            left: list[int] = []
+            pending: dict[Future[Any], int] = {}
+            for b, batch in enumerate(batches):
+                tx = stack.enter_context(self.repo.transaction())
+                txs.append(tx)
+                chunks = [batch[i:i + FORK_CHUNK] for i in range(0, len(batch), FORK_CHUNK)]
+                left.append(len(chunks))
+                for chunk in chunks:
+                    pending[self.submit_forked(_forked_chunk, str(tx.staging), chunk)] = b
+            try:
+                for fut in as_completed(pending):
+                    staged, counts = fut.result()
+                    b = pending[fut]
+                    txs[b].adopt(staged)
+                    self.absorb(counts)
+                    self.tick()
+                    left[b] -= 1
+                    if not left[b]:
+                        txs[b].commit()
+            except BaseException:
+                for f in pending:
+                    f.cancel()
+                wait(pending)  # no worker may still write into a staging dir we drop
+                raise
 
     def submit_forked(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run ``fn(key, *args)`` in this pull's forked workers (see :func:`worker_puller`)."""
