@@ -63,3 +63,14 @@ def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, s
     pub.write_bytes(gpg.export_keys(home, [key]))
     yield home, key, pub
     stop_gpg_agent(home)
+
+
+@pytest.fixture
+def two_commits(tmp_path: Path) -> tuple[Repo, str, str]:
+    """An archive repo with v1 and v2 (one file changed, others added) on ``main``."""
+    tree = make_tree(tmp_path / "tree")
+    repo = Repo.init(tmp_path / "src", "archive")
+    v1 = commit_directory(repo, tree, branch="main", subject="v1", generate_sizes=True)
+    make_tree(tree, 2)
+    v2 = commit_directory(repo, tree, branch="main", subject="v2", generate_sizes=True)
+    return repo, v1, v2

@@ -10,27 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from net_helpers import make_tree, run
+from net_helpers import run
 
 from atomicedge.cli.main import main
 from atomicedge.errors import CorruptionError, UsageError
 from atomicedge.store import delta, remotes, sign, summary
 from atomicedge.store import delta_format as df
-from atomicedge.store.commit import commit_directory
 from atomicedge.store.objects import ObjectType
 from atomicedge.store.pull import pull
 from atomicedge.store.repo import Repo
 from atomicedge.store.serve import Server
-
-
-@pytest.fixture
-def two_commits(tmp_path: Path) -> tuple[Repo, str, str]:
-    tree = make_tree(tmp_path / "tree")
-    repo = Repo.init(tmp_path / "src", "archive")
-    v1 = commit_directory(repo, tree, branch="main", subject="v1", generate_sizes=True)
-    make_tree(tree, 2)
-    v2 = commit_directory(repo, tree, branch="main", subject="v2", generate_sizes=True)
-    return repo, v1, v2
 
 
 def _superblock(repo: Repo, v1: str | None, v2: str) -> Path:

@@ -10,20 +10,9 @@ from net_helpers import StaticServer, make_tree, ostree_client, ostree_commit, o
 from atomicedge.cli.main import main
 from atomicedge.store import delta, summary
 from atomicedge.store import delta_format as df
-from atomicedge.store.commit import commit_directory
 from atomicedge.store.pull import pull
 from atomicedge.store.repo import Repo
 from atomicedge.store.serve import Server
-
-
-@pytest.fixture
-def two_commits(tmp_path: Path) -> tuple[Repo, str, str]:
-    tree = make_tree(tmp_path / "tree")
-    repo = Repo.init(tmp_path / "src", "archive")
-    v1 = commit_directory(repo, tree, branch="main", subject="v1", generate_sizes=True)
-    make_tree(tree, 2)
-    v2 = commit_directory(repo, tree, branch="main", subject="v2", generate_sizes=True)
-    return repo, v1, v2
 
 
 def test_ostree_static_delta_show_reads_our_delta(two_commits: tuple[Repo, str, str]) -> None:
