@@ -68,13 +68,14 @@ def workers(request: pytest.FixtureRequest,
     from atomicedge.store import forkpool
     forked_batches = []
     if request.param == "forked":
-        real = pullmod.Puller._fetch_forked
+        from atomicedge.store.pull_workers import Workers
+        real = Workers.stage
 
-        def counted(self: pullmod.Puller, batches: list[Any]) -> None:
-            forked_batches.append(len(batches))
-            real(self, batches)
+        def counted(self: Workers, groups: list[Any], *args: Any) -> None:
+            forked_batches.append(len(groups))
+            real(self, groups, *args)
 
-        monkeypatch.setattr(pullmod.Puller, "_fetch_forked", counted)
+        monkeypatch.setattr(Workers, "stage", counted)
         monkeypatch.setattr(pullmod, "FORK_MIN", 1)
         monkeypatch.setattr(pullmod, "FORK_CHUNK", 3)
         monkeypatch.setattr(forkpool, "workers", lambda: 2)

@@ -11,11 +11,9 @@ only objects still missing (normally none), so the wire carries the delta and no
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-from concurrent.futures import ThreadPoolExecutor, as_completed, wait
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from atomicedge.errors import CorruptionError, NotFoundError
@@ -27,6 +25,7 @@ from atomicedge.store.objects import ObjectType
 
 if TYPE_CHECKING:
     from atomicedge.store.pull import Puller
+    from atomicedge.store.transaction import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -139,22 +138,26 @@ def _apply(puller: Puller, ref: str, sb: df.Superblock, relpath: str) -> None:
         len(h.objects) for _i, h in todo)
 
     if len(todo) > 1 and forkpool.workers() > 1:
-        _apply_forked(puller, sb, relpath, todo)
+        # parts are independent (their only sources are objects of FROM, already here),
+        # so forked workers take them in any order, one transaction per part
+        puller.workers.stage(
+            [[(_run_part, (sb.inline_part(relpath, i), relpath, i, h))] for i, h in todo],
+            lambda g: _part_done(puller, todo[g][1]))
     else:
         with ThreadPoolExecutor(max_workers=2) as pool:  # download/inflate the next part
-            for (_i, header), payload in zip(
-                    todo, pool.map(lambda item: fetch_decode(puller, sb, relpath, *item),
-                                   todo), strict=True):
+            for (_i, header), payload in zip(todo, pool.map(
+                    lambda item: fetch_decode(puller, sb.inline_part(relpath, item[0]),
+                                              relpath, *item), todo), strict=True):
                 with puller.repo.transaction() as tx:
                     run_part(puller.repo, tx, payload, header)
                 _part_done(puller, header)
     puller.pull_tree(sb.to_csum)
 
 
-def fetch_decode(puller: Puller, sb: df.Superblock, relpath: str, i: int,
+def fetch_decode(puller: Puller, inline: bytes | None, relpath: str, i: int,
                  header: df.PartHeader) -> df.PartPayload:
-    """Part ``i``, downloaded (or taken from the superblock), checked and inflated."""
-    part = sb.inline_part(relpath, i)
+    """Part ``i`` (``inline`` if the superblock carries it), checked and inflated."""
+    part = inline
     if part is None:
         def check(d: bytes) -> None:
             if hashlib.sha256(d).hexdigest() != header.checksum:
@@ -170,44 +173,7 @@ def _part_done(puller: Puller, header: df.PartHeader) -> None:
     puller.tick()
 
 
-def _apply_forked(puller: Puller, sb: df.Superblock, relpath: str,
-                  todo: list[tuple[int, df.PartHeader]]) -> None:
-    """One forked worker per core downloads, inflates (xz) and executes whole parts.
-
-    Parts are independent (their only sources are objects of the FROM commit, which are
-    already here), so any order works; each part still gets its own transaction, entered
-    here and committed when its worker hands back what it staged, so an interrupted pull
-    keeps every finished part.
-    """
-    with contextlib.ExitStack() as stack:
-        pending = {}
-        for i, header in todo:
-            tx = stack.enter_context(puller.repo.transaction())
-            assert tx.staging is not None
-            pending[puller.submit_forked(_forked_part, str(tx.staging), sb, relpath, i,
-                                         header)] = (tx, header)
-        try:
-            for fut in as_completed(pending):
-                staged, counts = fut.result()
-                tx, header = pending[fut]
-                tx.adopt(staged)
-                tx.commit()
-                puller.absorb(counts)
-                _part_done(puller, header)
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            wait(pending)  # no worker may still write into a staging dir we drop
-            raise
-
-
-def _forked_part(key: int, staging: str, sb: df.Superblock, relpath: str, i: int,
-                 header: df.PartHeader) -> tuple[list[Any], dict[str, int]]:
-    from atomicedge.store.pull import worker_puller
-    from atomicedge.store.transaction import Transaction
-    p = worker_puller(key)
-    before = p.counts()
-    tx = Transaction.attach(p.repo, Path(staging))
-    run_part(p.repo, tx, fetch_decode(p, sb, relpath, i, header), header)
-    after = p.counts()
-    return tx.staged(), {k: after[k] - before[k] for k in after}
+def _run_part(p: Puller, tx: Transaction, inline: bytes | None, relpath: str, i: int,
+              header: df.PartHeader) -> None:
+    """A forked worker's task: download, inflate and execute one part."""
+    run_part(p.repo, tx, fetch_decode(p, inline, relpath, i, header), header)

@@ -23,7 +23,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -52,6 +52,12 @@ class FetchStats:
     bytes: int = 0
     retries: int = 0
     not_found: int = 0
+
+    def __add__(self, other: FetchStats) -> FetchStats:
+        return FetchStats(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def __sub__(self, other: FetchStats) -> FetchStats:
+        return FetchStats(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 class Fetcher:
@@ -98,11 +104,10 @@ class Fetcher:
                        backoff=self.backoff, connect_timeout=self._timeouts[0],
                        read_timeout=self._timeouts[1], sleep=self._sleep)
 
-    def absorb(self, counts: dict[str, int]) -> None:
+    def absorb(self, extra: FetchStats) -> None:
         """Add counters from elsewhere (a forked worker's fetcher, a failed verification)."""
         with self._lock:
-            for key in ("requests", "bytes", "retries", "not_found"):
-                setattr(self.stats, key, getattr(self.stats, key) + counts.get(key, 0))
+            self.stats = self.stats + extra
 
     def close(self) -> None:
         if self._pool is not None:

@@ -55,17 +55,13 @@ class Mirrors:
 
     @property
     def stats(self) -> FetchStats:
-        total = FetchStats()
-        for f in self.members:
-            for key in ("requests", "bytes", "retries", "not_found"):
-                setattr(total, key, getattr(total, key) + getattr(f.stats, key))
-        return total
+        return sum((f.stats for f in self.members), FetchStats())
 
     def clone(self) -> Mirrors:
         return Mirrors([f.url for f in self.members], **self._kw)
 
-    def absorb(self, counts: dict[str, int]) -> None:
-        self.members[0].absorb(counts)
+    def absorb(self, extra: FetchStats) -> None:
+        self.members[0].absorb(extra)
 
     def close(self) -> None:
         for f in self.members:

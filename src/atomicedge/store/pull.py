@@ -17,22 +17,14 @@ Static deltas are tried first when the remote advertises one (see :mod:`delta_pu
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import (
-    Future,
-    ProcessPoolExecutor,
-    ThreadPoolExecutor,
-    as_completed,
-    wait,
-)
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from atomicedge.errors import CorruptionError, FormatError, NotFoundError, UsageError
@@ -51,6 +43,7 @@ from atomicedge.store.objects import (
     ObjectType,
     decode_metadata_object,
 )
+from atomicedge.store.pull_workers import Report, Workers
 from atomicedge.store.repo import Repo, validate_ref
 from atomicedge.store.summary_cache import SummaryCache
 from atomicedge.store.transaction import Transaction
@@ -58,7 +51,7 @@ from atomicedge.store.transaction import Transaction
 log = logging.getLogger(__name__)
 
 BATCH = int(os.environ.get("ATOMICEDGE_PULL_BATCH", "") or 1000)  # objects per commit
-# a pull missing this many objects uses forked workers (see Puller._fetch_forked)
+# a pull missing this many objects uses forked workers (see pull_workers)
 FORK_MIN = int(os.environ.get("ATOMICEDGE_PULL_FORK_MIN", "") or 256)
 FORK_CHUNK = 128  # objects per worker task: the unit of progress reports
 PIPELINES = 2  # pipelined connections (32 requests in flight each); more only adds GIL churn
@@ -157,21 +150,19 @@ class Puller:
         # content objects and delta parts: the remote's contenturl (a CDN), if it has one
         self.content: Source = open_source(remote.contenturl, **kw) if remote.contenturl \
             else self.fetcher
-        self.pool = ThreadPoolExecutor(max_workers=opts.connections)
+        self.pool = ThreadPoolExecutor(max_workers=self._pipelines())
         self.summary: sm.Summary | None = None
         self.summary_bytes: bytes | None = None
         self.summary_sig: bytes | None = None
         self._sizes: dict[str, int] = {}
         self._last_tick = 0.0
         self._stats_lock = threading.Lock()
-        self._procs: ProcessPoolExecutor | None = None
+        self.workers = Workers(self)
         self._trees: dict[str, bytes] | None = None  # dirtrees fetched in this level
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-        if self._procs is not None:
-            self._procs.shutdown(wait=True, cancel_futures=True)
-            _FORKED.pop(id(self), None)
+        self.workers.close()
         self.fetcher.close()
         if self.content is not self.fetcher:
             self.content.close()
@@ -180,9 +171,10 @@ class Puller:
         """What crossed the wire, from the remote's url and its contenturl together."""
         if self.content is self.fetcher:
             return self.fetcher.stats
-        a, b = self.fetcher.stats, self.content.stats
-        return FetchStats(a.requests + b.requests, a.bytes + b.bytes, a.retries + b.retries,
-                          a.not_found + b.not_found)
+        return self.fetcher.stats + self.content.stats
+
+    def _pipelines(self) -> int:
+        return max(1, min(self.opts.connections, PIPELINES))
 
     # -- progress ----------------------------------------------------------------------
 
@@ -497,14 +489,16 @@ class Puller:
         missing = self._missing(objs)
         batches = [missing[i:i + BATCH] for i in range(0, len(missing), BATCH)]
         if len(missing) >= FORK_MIN and forkpool.workers() > 1:
-            self._fetch_forked(batches)
+            self.workers.stage([[(_fetch_chunk, (batch[i:i + FORK_CHUNK],))
+                                 for i in range(0, len(batch), FORK_CHUNK)]
+                                for batch in batches])
             return
         for batch in batches:
             with self.repo.transaction() as tx:
                 self._fetch_threaded(tx, batch)
 
     def _fetch_threaded(self, tx: Transaction, batch: list[ObjRef]) -> None:
-        n = max(1, min(self.opts.connections, PIPELINES))
+        n = self._pipelines()
         abort = threading.Event()
         futures = [self.pool.submit(self._fetch_slice, tx, batch[k::n], abort)
                    for k in range(min(n, len(batch)))]
@@ -513,62 +507,13 @@ class Puller:
         if first is not None:
             raise first
 
-    def _fetch_forked(self, batches: list[list[ObjRef]]) -> None:
-        """Big pulls: one forked worker per core, each with its own pipelined connection.
-
-        Verifying (inflate + SHA-256) and writing thousands of objects is Python between
-        syscalls, which the GIL would serialise; processes use both cores. Every batch has
-        its own transaction; workers stage into its directory and hand back what they
-        staged, and this process commits a batch as soon as all of it is in, while the
-        workers go on with the next ones (so a syncfs never leaves them idle). A batch is
-        still all-or-nothing, and an interrupted pull keeps every committed batch.
-        """
-        with contextlib.ExitStack() as stack:
-            txs: list[Transaction] = []
-            left: list[int] = []
-            pending: dict[Future[Any], int] = {}
-            for b, batch in enumerate(batches):
-                tx = stack.enter_context(self.repo.transaction())
-                txs.append(tx)
-                chunks = [batch[i:i + FORK_CHUNK] for i in range(0, len(batch), FORK_CHUNK)]
-                left.append(len(chunks))
-                for chunk in chunks:
-                    pending[self.submit_forked(_forked_chunk, str(tx.staging), chunk)] = b
-            try:
-                for fut in as_completed(pending):
-                    staged, counts = fut.result()
-                    b = pending[fut]
-                    txs[b].adopt(staged)
-                    self.absorb(counts)
-                    self.tick()
-                    left[b] -= 1
-                    if not left[b]:
-                        txs[b].commit()
-            except BaseException:
-                for f in pending:
-                    f.cancel()
-                wait(pending)  # no worker may still write into a staging dir we drop
-                raise
-
-    def submit_forked(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        """Run ``fn(key, *args)`` in this pull's forked workers (see :func:`worker_puller`)."""
-        if self._procs is None:
-            _FORKED[id(self)] = self  # before any worker forks: they find it by its key
-            self._procs = forkpool.pool(min(PIPELINES, forkpool.workers()))
-        return self._procs.submit(fn, id(self), *args)
-
-    def counts(self) -> dict[str, int]:
-        fs = self.fetch_stats()
-        return {"metadata_fetched": self.stats.metadata_fetched,
-                "content_fetched": self.stats.content_fetched,
-                "objects_done": self.stats.objects_done, "requests": fs.requests,
-                "bytes": fs.bytes, "retries": fs.retries, "not_found": fs.not_found}
-
-    def absorb(self, counts: dict[str, int]) -> None:
+    def absorb(self, report: Report) -> None:
+        """Counters a forked worker moved (see :mod:`pull_workers`)."""
         with self._stats_lock:
-            for key in ("metadata_fetched", "content_fetched", "objects_done"):
-                setattr(self.stats, key, getattr(self.stats, key) + counts[key])
-        self.fetcher.absorb(counts)
+            self.stats.metadata_fetched += report.metadata
+            self.stats.content_fetched += report.content
+            self.stats.objects_done += report.done
+        self.fetcher.absorb(report.wire)
 
     def _fetch_slice(self, tx: Transaction, objs: list[ObjRef], abort: threading.Event) -> None:
         """One connection's share: pipelined, with the careful path for what that misses."""
@@ -593,83 +538,62 @@ class Puller:
             return self._sizes.get(obj[0], self.opts.max_file_size)
         return self.opts.max_metadata_size
 
+    def _verify(self, obj: ObjRef, data: bytes) -> tuple[FileHeader, bytes | None] | None:
+        """Raise CorruptionError unless ``data`` is object ``obj``; a file's header and
+        (for repos that store it inflated) its content."""
+        csum, objtype = obj
+        if objtype == ObjectType.FILE:
+            return verify_filez(data, csum, self.opts.max_file_size, not self.repo.is_archive)
+        _check_meta(data, csum, objtype)
+        return None
+
     def _store(self, tx: Transaction, obj: ObjRef, data: bytes) -> bool:
         """Verify ``data`` as object ``obj`` and stage it; False (nothing stored) if bad."""
-        csum, objtype = obj
         try:
-            if objtype == ObjectType.FILE:
-                keep = not self.repo.is_archive
-                header, content = verify_filez(data, csum, self.opts.max_file_size, keep)
-            else:
-                _check_meta(data, csum, objtype)
+            verified = self._verify(obj, data)
         except CorruptionError as exc:
-            log.info("refetching %s.%s: %s", csum, objtype.ext, exc.message)
-            self.fetcher.absorb({"retries": 1})
+            log.info("refetching %s.%s: %s", obj[0], obj[1].ext, exc.message)
+            self.fetcher.absorb(FetchStats(retries=1))
             return False
-        if objtype != ObjectType.FILE:
+        self._stage(tx, obj, data, verified)
+        return True
+
+    def _stage(self, tx: Transaction, obj: ObjRef, data: bytes,
+               verified: tuple[FileHeader, bytes | None] | None) -> None:
+        csum, objtype = obj
+        if verified is None:
             tx.write_metadata(objtype, data, expected=csum, known_missing=True)
             if objtype == ObjectType.DIR_TREE and self._trees is not None:
                 self._trees[csum] = data
             with self._stats_lock:
                 self.stats.metadata_fetched += 1
-        elif keep:
-            assert content is not None
+            return
+        header, content = verified
+        if content is not None:
             tx.write_content_trusted(csum, header, content, known_missing=True)
         else:
             tx.write_filez_verbatim(csum, data, known_missing=True)
-        if objtype == ObjectType.FILE:
-            with self._stats_lock:
-                self.stats.content_fetched += 1
-        return True
+        with self._stats_lock:
+            self.stats.content_fetched += 1
 
     def _fetch_one(self, tx: Transaction, obj: ObjRef) -> None:
         """The careful path: urllib3 with retries, backoff, redirects and validation."""
         csum, objtype = obj
         ext = objtype.ext if objtype != ObjectType.FILE else "filez"
-        holder: list[bytes] = []
+        holder: list[tuple[FileHeader, bytes | None] | None] = []
 
         def check(data: bytes) -> None:
-            holder.clear()
-            if objtype == ObjectType.FILE:
-                verify_filez(data, csum, self.opts.max_file_size, False)
-            else:
-                _check_meta(data, csum, objtype)
-            holder.append(data)
+            holder[:] = [self._verify(obj, data)]
 
         source = self.content if objtype == ObjectType.FILE else self.fetcher
-        source.fetch(_objpath(csum, ext), max_size=self._cap(obj), validate=check)
-        if not self._store(tx, obj, holder[0]):
-            raise CorruptionError(f"{csum}.{ext} changed between checks")
+        data = source.fetch(_objpath(csum, ext), max_size=self._cap(obj), validate=check)
+        assert data is not None
+        self._stage(tx, obj, data, holder[0])
 
 
-# pullers with forked workers, by key: a worker (forked whenever the pool decides) finds
-# its puller here even while other pulls run in the same process
-_FORKED: dict[int, Puller] = {}
-_READY: set[tuple[int, int]] = set()  # (pid, key): set up in this worker already
-
-
-def worker_puller(key: int) -> Puller:
-    """The puller in a worker, with its own connections (never the parent's pooled
-    sockets) and no UI."""
-    p = _FORKED[key]
-    if (os.getpid(), key) not in _READY:
-        separate = p.content is not p.fetcher
-        p.fetcher = p.fetcher.clone()
-        p.content = p.content.clone() if separate else p.fetcher
-        p.progress = None
-        p.pool = ThreadPoolExecutor(max_workers=1)
-        _READY.add((os.getpid(), key))
-    return p
-
-
-def _forked_chunk(key: int, staging: str, objs: list[ObjRef]
-                  ) -> tuple[list[tuple[ObjRef, str]], dict[str, int]]:
-    p = worker_puller(key)
-    tx = Transaction.attach(p.repo, Path(staging))
-    before = p.counts()
+def _fetch_chunk(p: Puller, tx: Transaction, objs: list[ObjRef]) -> None:
+    """A forked worker's task: one chunk of a content batch (see :mod:`pull_workers`)."""
     p._fetch_slice(tx, objs, threading.Event())
-    after = p.counts()
-    return tx.staged(), {k: after[k] - before[k] for k in after}
 
 
 def _check_ref_body(data: bytes) -> None:
