@@ -92,12 +92,13 @@ def _register_summary(sub: Sub) -> None:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from atomicedge.store import summary as sm
+    from atomicedge.store.commit import parse_metadata_strings
     repo = Repo.open(args.repo)
     if not args.update and not args.view:
         raise UsageError("summary needs -u/--update or --view")
     if args.update:
         s = sm.update(repo, sign_opts=_sign_opts(args),
-                      extra=sm.parse_add_metadata(args.add_metadata))
+                      extra=parse_metadata_strings(args.add_metadata, "--add-metadata"))
     else:
         s = sm.load(repo)
     if args.view:

@@ -288,9 +288,8 @@ def _read_all(path: str, size: int) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         data = os.read(fd, size + 1)
-        if len(data) <= size:
-            return data if len(data) == size else data + _read_rest(fd)
-        return data + _read_rest(fd)  # the file grew while we read it
+        # a short read, or a file that grew while we read it: take the rest too
+        return data if len(data) == size else data + _read_rest(fd)
     finally:
         os.close(fd)
 

@@ -18,8 +18,8 @@ from urllib.parse import unquote, urlsplit
 
 from atomicedge.errors import AtomicEdgeError, NotFoundError, UsageError
 from atomicedge.store.fetch import Fetcher, FetchStats, Fresh, Validator, Validators
+from atomicedge.store.remotes import MIRRORLIST
 
-MIRRORLIST = "mirrorlist="
 MAX_MIRRORLIST = 1024 * 1024
 
 

@@ -27,9 +27,12 @@ def validate_remote_name(name: str) -> str:
     return name
 
 
+MIRRORLIST = "mirrorlist="
+
+
 def validate_url(url: str, what: str = "remote URL") -> str:
     """A repository URL, or ``mirrorlist=URL`` of a file listing them (ostree's syntax)."""
-    bare = url[len("mirrorlist="):] if url.startswith("mirrorlist=") else url
+    bare = url.removeprefix(MIRRORLIST)
     if urlsplit(bare).scheme not in ("http", "https", "file"):
         raise UsageError(f"invalid {what} {url!r}",
                          "use http://, https:// or file:// URLs, optionally after mirrorlist=")

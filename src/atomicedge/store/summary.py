@@ -219,11 +219,6 @@ def update(repo: Repo, *, sign_opts: SignOptions | None = None, now: int | None 
     return s
 
 
-def parse_add_metadata(items: list[str]) -> dict[str, Variant]:
-    from atomicedge.store.commit import parse_metadata_strings
-    return parse_metadata_strings(items, "--add-metadata")
-
-
 # ---------------------------------------------------------------------------------------
 # viewing
 
