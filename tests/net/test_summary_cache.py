@@ -5,6 +5,7 @@ ostree and we reuse each other's copy."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from net_helpers import make_tree, ostree_client, run
 
 from atomicedge.store import gpg, remotes, summary
 from atomicedge.store.commit import commit_directory
-from atomicedge.store.pull import pull
+from atomicedge.store.pull import PullResult, pull
 from atomicedge.store.repo import Repo
 from atomicedge.store.serve import Server
 from atomicedge.store.summary_cache import CACHE_DIR
@@ -36,17 +37,27 @@ def _client(path: Path, url: str) -> Repo:
     return Repo.open(path)
 
 
+def _pull_twice(repo: Repo, path: Path, capsys: pytest.CaptureFixture[str],
+                between: Callable[[], object] = lambda: None
+                ) -> tuple[Repo, list[str], list[str], PullResult]:
+    """Two pulls of ``main`` from a logging server: the client, the requests each made,
+    and the second pull's result (``between`` runs on the server side in between)."""
+    with Server(repo.path, quiet=False) as srv:
+        dst = _client(path, srv.url)
+        pull(dst, "origin", ["main"])
+        first = _requests(capsys)
+        between()
+        res = pull(dst, "origin", ["main"])
+        return dst, first, _requests(capsys), res
+
+
 def test_unchanged_signed_summary_is_revalidated_not_downloaded(
         tmp_path: Path, src_repo: tuple[Repo, str], gpg_keys: tuple[Path, str, Path],
         capsys: pytest.CaptureFixture[str]) -> None:
     repo, _csum = src_repo
     _sign(repo, gpg_keys)
-    with Server(repo.path, quiet=False) as srv:
-        dst = _client(tmp_path / "d", srv.url)
-        pull(dst, "origin", ["main"])
-        assert "GET /summary 200" in _requests(capsys)
-        pull(dst, "origin", ["main"])
-        second = _requests(capsys)
+    dst, first, second, _res = _pull_twice(repo, tmp_path / "d", capsys)
+    assert "GET /summary 200" in first
     assert "GET /summary.sig 304" in second
     assert not any(r.startswith("GET /summary ") for r in second), second
     cached = dst.path / CACHE_DIR / "origin"
@@ -58,12 +69,7 @@ def test_unsigned_summary_is_revalidated_by_its_own_etag(
         capsys: pytest.CaptureFixture[str]) -> None:
     """Beyond ostree 2022.7, which downloads an unsigned summary on every pull."""
     repo, _csum = src_repo
-    with Server(repo.path, quiet=False) as srv:
-        dst = _client(tmp_path / "d", srv.url)
-        pull(dst, "origin", ["main"])
-        _requests(capsys)
-        pull(dst, "origin", ["main"])
-        second = _requests(capsys)
+    _dst, _first, second, _res = _pull_twice(repo, tmp_path / "d", capsys)
     assert "GET /summary.sig 404" in second and "GET /summary 304" in second
 
 
@@ -72,16 +78,15 @@ def test_a_new_publication_replaces_the_cached_copy(
         capsys: pytest.CaptureFixture[str]) -> None:
     repo, _csum = src_repo
     _sign(repo, gpg_keys)
-    with Server(repo.path, quiet=False) as srv:
-        dst = _client(tmp_path / "d", srv.url)
-        pull(dst, "origin", ["main"])
-        v2 = commit_directory(repo, make_tree(tmp_path / "v2", 2), branch="main",
-                              subject="v2")
+    commits: list[str] = []
+
+    def publish_v2() -> None:
+        commits.append(commit_directory(repo, make_tree(tmp_path / "v2", 2), branch="main",
+                                        subject="v2"))
         _sign(repo, gpg_keys)
-        _requests(capsys)
-        res = pull(dst, "origin", ["main"])
-        second = _requests(capsys)
-    assert res.refs["main"] == v2
+
+    dst, _first, second, res = _pull_twice(repo, tmp_path / "d", capsys, publish_v2)
+    assert res.refs["main"] == commits[0]
     assert "GET /summary.sig 200" in second and "GET /summary 200" in second
     assert (dst.path / CACHE_DIR / "origin").read_bytes() == \
         (repo.path / "summary").read_bytes()
