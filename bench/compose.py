@@ -25,7 +25,7 @@ from atomicedge.compose.apt import HOST_SOURCES, Sources
 from atomicedge.compose.build import ComposeRequest, compose
 from atomicedge.compose.mmdebstrap import remove_tree
 from atomicedge.compose.validate import parse_text
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.repo import Repo
 
 BLUEPRINT = '''
 name = "bench"

@@ -22,10 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from atomicedge.device import deploy as dp
-from atomicedge.device import nspawn, ops, testtree
+from atomicedge.device import ops
 from atomicedge.device import sysroot as sr
 from atomicedge.device.origin import Origin
-from atomicedge.store.repo import Repo
+from atomicedge.lab import nspawn, testtree
+from atomicedge.ostree.repo import Repo
 
 REF = "edge/stable"
 
@@ -39,7 +40,7 @@ def _rm(path: Path) -> None:
 
 
 def _commit_tree(repo: Repo, w: Path, name: str, which: str) -> str:
-    from atomicedge.store.commit import commit_directory
+    from atomicedge.ostree.commit import commit_directory
     if which == "lab":
         return testtree.lab_commit(repo, w, name, REF)
     import importlib.util

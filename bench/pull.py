@@ -31,10 +31,11 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from atomicedge.store import delta, summary
-from atomicedge.store.commit import commit_directory
-from atomicedge.store.pull import pull
-from atomicedge.store.repo import Repo
+from atomicedge.delta import generate as delta
+from atomicedge.ostree.commit import commit_directory
+from atomicedge.ostree.repo import Repo
+from atomicedge.publish import summary as pubsum
+from atomicedge.remote.pull import pull
 
 CACHE = Path(os.environ.get("ATOMICEDGE_CACHE", "/var/tmp/atomicedge-cache"))
 WORK = Path("/var/tmp/atomicedge-bench-pull")
@@ -63,7 +64,7 @@ class Served:
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "atomicedge.store.serve", "--repo", str(root),
+            [sys.executable, "-m", "atomicedge.publish.serve", "--repo", str(root),
              "--port", str(self.port)], stdout=subprocess.DEVNULL)
         for _ in range(100):
             try:
@@ -106,7 +107,7 @@ def build_servers(scratch: bool) -> tuple[Repo, Path, str, str]:
         delta.generate(ours, None, v1, max_chunk_size=8_000_000)
         print(f"atomicedge scratch delta: {time.perf_counter() - t:.1f} s")
         sh("ostree", f"--repo={ostree_srv}", "static-delta", "generate", "--empty", "--to", v1)
-    summary.update(ours)
+    pubsum.update(ours)
     sh("ostree", f"--repo={ostree_srv}", "summary", "-u")
     return ours, ostree_srv, v1, v2
 

@@ -19,7 +19,7 @@ from atomicedge.compose.apt import AptState, Sources, host_arch
 from atomicedge.compose.build import ComposeRequest, prefetch
 from atomicedge.compose.cache import default_root
 from atomicedge.compose.validate import load
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.repo import Repo
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 pytestmark = pytest.mark.slow
@@ -125,7 +125,7 @@ def test_demo_composes_v1_then_v2_and_reports_strace_added(
 
     from rich.console import Console
 
-    from atomicedge.compose import demo
+    from atomicedge.lab import demo_compose as demo
     buf = io.StringIO()
     result = demo.run(tmp_path / "demo", Console(file=buf, width=120))
     assert "strace" in result["added"] and not result["removed"]

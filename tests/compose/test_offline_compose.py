@@ -16,7 +16,7 @@ from atomicedge.cli.main import main
 from atomicedge.compose.apt import Sources
 from atomicedge.compose.build import ComposeRequest, compose
 from atomicedge.compose.validate import parse_text
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.repo import Repo
 from tests.compose.offline_repo import KVER
 
 REF = "debian/12/x86_64/edge"

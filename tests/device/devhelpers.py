@@ -7,9 +7,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from atomicedge.store.commit import commit_directory
-from atomicedge.store.gvariant import Variant
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.commit import commit_directory
+from atomicedge.ostree.gvariant import Variant
+from atomicedge.ostree.repo import Repo
 
 
 def tiny_tree(path: Path, version: str, *, kernel: str = "kernel-1") -> Path:

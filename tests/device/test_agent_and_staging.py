@@ -15,7 +15,7 @@ from atomicedge.device.decision import Action
 from atomicedge.device.grubenv import GrubEnv
 from atomicedge.device.origin import Origin
 from atomicedge.errors import FormatError
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.repo import Repo
 
 NOW = dt.datetime(2026, 11, 21, 3, 30, tzinfo=dt.UTC)
 

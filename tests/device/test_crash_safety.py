@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from devhelpers import commit_tiny
 
-from atomicedge.device import bootloader
 from atomicedge.device import deploy as dp
 from atomicedge.device import sysroot as sr
 from atomicedge.device.origin import Origin
-from atomicedge.store.fsck import fsck
+from atomicedge.lab import bootloader
+from atomicedge.ostree.fsck import fsck
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 CHILD = {

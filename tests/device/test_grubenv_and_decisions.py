@@ -197,10 +197,10 @@ def test_window_wraps_over_the_week_end() -> None:
 def test_bootloader_boots_the_default_when_grubenv_is_corrupt(tmp_path: Path) -> None:
     from devhelpers import commit_tiny
 
-    from atomicedge.device import bootloader
     from atomicedge.device import deploy as dp
     from atomicedge.device import sysroot as sr
     from atomicedge.device.origin import Origin
+    from atomicedge.lab import bootloader
     s = sr.init_fs(tmp_path / "s")
     sr.os_init(s, "testos")
     v1 = commit_tiny(s.repo, tmp_path, "1")

@@ -13,7 +13,7 @@ from devhelpers import commit_tiny, ostree_status_ids, our_status_ids
 
 from atomicedge.device import ops
 from atomicedge.device import sysroot as sr
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.repo import Repo
 
 
 def _free_port() -> int:

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from atomicedge.device import nspawn, ops, testtree
-from atomicedge.store.repo import Repo
+from atomicedge.device import ops
+from atomicedge.lab import nspawn, testtree
+from atomicedge.ostree.repo import Repo
 
 pytestmark = pytest.mark.slow
 REF = "edge/stable"

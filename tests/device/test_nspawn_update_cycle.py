@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from devhelpers import ostree_status_ids, our_status_ids
 
-from atomicedge.device import nspawn, ops, testtree
+from atomicedge.device import ops
 from atomicedge.device.grubenv import GrubEnv
-from atomicedge.store.repo import Repo
+from atomicedge.lab import nspawn, testtree
+from atomicedge.ostree.repo import Repo
 
 pytestmark = pytest.mark.slow
 REF = "edge/stable"

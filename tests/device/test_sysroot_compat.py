@@ -15,7 +15,7 @@ from atomicedge.device import deploy as dp
 from atomicedge.device import ops
 from atomicedge.device import sysroot as sr
 from atomicedge.device.origin import Origin
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.repo import Repo
 
 
 def _cli(*argv: str) -> tuple[int, str, str]:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from net_helpers import make_tree, run
+from net_helpers import make_tree, run, stop_gpg_agent
 
-from atomicedge.store import gpg
-from atomicedge.store.commit import commit_directory
-from atomicedge.store.repo import Repo
-from atomicedge.store.serve import Server
+from atomicedge.ostree.commit import commit_directory
+from atomicedge.ostree.repo import Repo
+from atomicedge.publish.serve import Server
+from atomicedge.trust import gpg
 
 
 @pytest.fixture
@@ -23,10 +22,10 @@ def tree(tmp_path: Path) -> Path:
 @pytest.fixture
 def src_repo(tmp_path: Path, tree: Path) -> tuple[Repo, str]:
     """An archive repo written by atomicedge with one commit on ``main`` and a summary."""
-    from atomicedge.store import summary
+    from atomicedge.publish import summary as pubsum
     repo = Repo.init(tmp_path / "src", "archive")
     csum = commit_directory(repo, tree, branch="main", subject="v1", generate_sizes=True)
-    summary.update(repo)
+    pubsum.update(repo)
     return repo, csum
 
 
@@ -46,12 +45,6 @@ def ostree_repo(tmp_path: Path, tree: Path) -> tuple[Path, str]:
 def server(src_repo: tuple[Repo, str]) -> Iterator[Server]:
     with Server(src_repo[0].path) as s:
         yield s
-
-
-def stop_gpg_agent(home: Path) -> None:
-    """gpg starts an agent per home; the tests must not leave daemons behind."""
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False,
-                   capture_output=True)
 
 
 @pytest.fixture(scope="session")

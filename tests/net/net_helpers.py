@@ -100,3 +100,9 @@ def ostree_commit(repo: Path, tree: Path, *extra: str) -> str:
     run("ostree", f"--repo={repo}", "commit", "-b", "main", "--generate-sizes", *extra,
         str(tree))
     return run("ostree", f"--repo={repo}", "rev-parse", "main").stdout.strip()
+
+
+def stop_gpg_agent(home: Path) -> None:
+    """gpg starts an agent per home; the tests must not leave daemons behind."""
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False,
+                   capture_output=True)

@@ -13,13 +13,16 @@ import pytest
 from net_helpers import run
 
 from atomicedge.cli.main import main
+from atomicedge.delta import format as df
+from atomicedge.delta import generate as delta
 from atomicedge.errors import CorruptionError, UsageError
-from atomicedge.store import delta, remotes, sign, summary
-from atomicedge.store import delta_format as df
-from atomicedge.store.objects import ObjectType
-from atomicedge.store.pull import pull
-from atomicedge.store.repo import Repo
-from atomicedge.store.serve import Server
+from atomicedge.ostree.objects import ObjectType
+from atomicedge.ostree.repo import Repo
+from atomicedge.publish import summary as pubsum
+from atomicedge.publish.serve import Server
+from atomicedge.remote import config as remotes
+from atomicedge.remote.pull import pull
+from atomicedge.trust import sign
 
 
 def _superblock(repo: Repo, v1: str | None, v2: str) -> Path:
@@ -96,7 +99,7 @@ def test_pull_from_a_sign_verify_remote_skips_a_badly_signed_delta(
     with Server(repo.path) as srv:
         for label, key in (("trusted", secret), ("intruder", intruder)):
             delta.generate(repo, v1, v2, sign_secrets=[key])
-            summary.update(repo)
+            pubsum.update(repo)
             dst = Repo.init(tmp_path / label, "bare-user")
             remotes.add(dst, "origin", srv.url, gpg_verify=False, sign_verify=True,
                         options={"verification-ed25519-key": public})

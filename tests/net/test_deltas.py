@@ -8,11 +8,12 @@ import pytest
 from net_helpers import StaticServer, make_tree, ostree_client, ostree_commit, ostree_fsck, run
 
 from atomicedge.cli.main import main
-from atomicedge.store import delta, summary
-from atomicedge.store import delta_format as df
-from atomicedge.store.pull import pull
-from atomicedge.store.repo import Repo
-from atomicedge.store.serve import Server
+from atomicedge.delta import format as df
+from atomicedge.delta import generate as delta
+from atomicedge.ostree.repo import Repo
+from atomicedge.publish import summary as pubsum
+from atomicedge.publish.serve import Server
+from atomicedge.remote.pull import pull
 
 
 def test_ostree_static_delta_show_reads_our_delta(two_commits: tuple[Repo, str, str]) -> None:
@@ -43,7 +44,7 @@ def test_ostree_pull_uses_our_delta_from_our_server(tmp_path: Path,
                                                     two_commits: tuple[Repo, str, str]) -> None:
     repo, v1, v2 = two_commits
     delta.generate(repo, v1, v2)
-    summary.update(repo)
+    pubsum.update(repo)
     with Server(repo.path) as srv:
         client = ostree_client(tmp_path / "client", srv.url, "--no-gpg-verify")
         run("ostree", f"--repo={client}", "pull", "origin", f"main@{v1}")
@@ -79,7 +80,7 @@ def test_our_update_pull_fetches_the_delta_and_no_loose_objects(
         tmp_path: Path, two_commits: tuple[Repo, str, str]) -> None:
     repo, v1, v2 = two_commits
     delta.generate(repo, v1, v2)
-    summary.update(repo)
+    pubsum.update(repo)
     dst = Repo.init(tmp_path / "dst", "bare-user")
     with Server(repo.path) as srv:
         pull(dst, srv.url, [f"main@{v1}"], disable_static_deltas=True)

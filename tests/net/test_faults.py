@@ -13,13 +13,13 @@ from faultserver import KINDS, FaultServer, at, every
 from net_helpers import ostree_fsck
 
 from atomicedge.errors import AtomicEdgeError
-from atomicedge.store import objects as ob
-from atomicedge.store import summary
-from atomicedge.store.commit import commit_directory
-from atomicedge.store.objects import ObjectType
-from atomicedge.store.pull import pull
-from atomicedge.store.repo import Repo
-from atomicedge.store.walk import reachable
+from atomicedge.ostree import objects as ob
+from atomicedge.ostree.commit import commit_directory
+from atomicedge.ostree.objects import ObjectType
+from atomicedge.ostree.repo import Repo
+from atomicedge.ostree.walk import reachable
+from atomicedge.publish import summary as pubsum
+from atomicedge.remote.pull import pull
 
 FAST = dict(read_timeout=0.3, backoff=0.0)
 
@@ -54,7 +54,7 @@ def tiny_repo(tmp_path: Path) -> tuple[Repo, str]:
     (tree / "usr/lib/current").symlink_to("lib.so")
     repo = Repo.init(tmp_path / "tiny-src", "archive")
     csum = commit_directory(repo, tree, branch="main", subject="tiny")
-    summary.update(repo)
+    pubsum.update(repo)
     return repo, csum
 
 
@@ -64,11 +64,11 @@ def workers(request: pytest.FixtureRequest,
     """Run a test through both fetch paths: pipelined threads and forked worker processes
     (forced for these small commits: tiny fork threshold and chunks, two workers even on
     a one-core machine)."""
-    import atomicedge.store.pull as pullmod
-    from atomicedge.store import forkpool
+    import atomicedge.remote.pull as pullmod
+    from atomicedge.ostree import forkpool
     forked_batches = []
     if request.param == "forked":
-        from atomicedge.store.pull_workers import Workers
+        from atomicedge.remote.workers import Workers
         real = Workers.stage
 
         def counted(self: Workers, groups: list[Any], *args: Any) -> None:
@@ -146,7 +146,7 @@ def test_interrupted_pull_keeps_finished_batches(tmp_path: Path, src_repo: tuple
                                                  monkeypatch: pytest.MonkeyPatch,
                                                  workers: str) -> None:
     """Objects are committed in batches, so an abort late in a pull keeps most of them."""
-    import atomicedge.store.pull as pullmod
+    import atomicedge.remote.pull as pullmod
     monkeypatch.setattr(pullmod, "BATCH", 5)
     repo, csum = src_repo
     dst = Repo.init(tmp_path / "d", "bare-user")
@@ -167,12 +167,13 @@ def test_faults_during_a_delta_pull_never_store_bad_objects(
         tmp_path: Path, tiny_repo: tuple[Repo, str], kind: str, cores: int,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Several small parts, applied in this process or by forked workers (one per core)."""
-    from atomicedge.store import delta, forkpool
+    from atomicedge.delta import generate as delta
+    from atomicedge.ostree import forkpool
     monkeypatch.setattr(forkpool, "workers", lambda: cores)
     repo, csum = tiny_repo
     gen = delta.generate(repo, None, csum, max_chunk_size=2000)
     assert gen.parts > 2
-    summary.update(repo)
+    pubsum.update(repo)
     with FaultServer(repo.path) as probe:
         res = pull(_client(tmp_path / "probe"), probe.url, ["main"], **FAST)
         assert res.stats.deltas == [csum] and res.stats.delta_parts == gen.parts

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from atomicedge.cli.main import main
+from atomicedge.delta import format as df
 from atomicedge.errors import AtomicEdgeError, CorruptionError
-from atomicedge.store import delta_format as df
-from atomicedge.store import gvariant as gv
-from atomicedge.store import objects as ob
-from atomicedge.store import summary
-from atomicedge.store.gvariant import Variant
-from atomicedge.store.objects import Commit, FileHeader, ObjectType
-from atomicedge.store.pull import pull
-from atomicedge.store.repo import Repo
+from atomicedge.ostree import gvariant as gv
+from atomicedge.ostree import objects as ob
+from atomicedge.ostree.gvariant import Variant
+from atomicedge.ostree.objects import Commit, FileHeader, ObjectType
+from atomicedge.ostree.repo import Repo
+from atomicedge.publish import summary as pubsum
+from atomicedge.remote.pull import pull
 
 DIRMETA = ob.DirMeta(0, 0, 0o40755).encode()
 
@@ -64,7 +64,7 @@ def test_dirtree_with_traversal_name_is_refused(tmp_path: Path, name: str) -> No
     content = b"owned\n"
     good = ob.content_checksum(h, content)
     evil, _c = _evil_repo(tmp_path, [(name, good)])
-    from atomicedge.store.content import encode_filez
+    from atomicedge.ostree.content import encode_filez
     _put(evil, "filez", encode_filez(h, content), good)
     dst = _dst(tmp_path)
     with pytest.raises(CorruptionError, match="invalid file name"):
@@ -151,7 +151,7 @@ def test_malformed_superblock_and_xz_bomb_part_are_refused(tmp_path: Path,
     rel = repo.path / df.delta_relpath(None, csum)
     rel.mkdir(parents=True)
     (rel / "superblock").write_bytes(b"\x07" * 500)
-    summary.update(repo)
+    pubsum.update(repo)
     dst = _dst(tmp_path)
     with pytest.raises(CorruptionError):
         pull(dst, f"file://{repo.path}", ["main"], require_static_deltas=True, retries=0)
@@ -163,7 +163,7 @@ def test_malformed_superblock_and_xz_bomb_part_are_refused(tmp_path: Path,
                        repo.read_metadata_bytes(csum, ObjectType.COMMIT), [header])
     (rel / "superblock").write_bytes(df.encode_superblock(sb))
     (rel / "0").write_bytes(part)
-    summary.update(repo)
+    pubsum.update(repo)
     before = _maxrss_mb()
     with pytest.raises(CorruptionError, match=r"bomb|cap"):
         pull(_dst(tmp_path / "2"), f"file://{repo.path}", ["main"],

@@ -11,11 +11,11 @@ from net_helpers import StaticServer, ostree_client, ostree_fsck, run
 
 from atomicedge.cli.main import main
 from atomicedge.errors import UsageError
-from atomicedge.store import remotes
-from atomicedge.store.pull import pull
-from atomicedge.store.repo import Repo
-from atomicedge.store.serve import Server
-from atomicedge.store.walk import reachable
+from atomicedge.ostree.repo import Repo
+from atomicedge.ostree.walk import reachable
+from atomicedge.publish.serve import Server
+from atomicedge.remote import config as remotes
+from atomicedge.remote.pull import pull
 
 
 def _dead_url() -> str:

@@ -8,9 +8,9 @@ from pathlib import Path
 from net_helpers import make_tree, ostree_fsck
 from rich.console import Console
 
-from atomicedge.store import netdemo
-from atomicedge.store.commit import commit_directory
-from atomicedge.store.repo import Repo
+from atomicedge.lab import demo_net as netdemo
+from atomicedge.ostree.commit import commit_directory
+from atomicedge.ostree.repo import Repo
 
 
 def test_netdemo_installs_then_updates_through_a_delta(tmp_path: Path,

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from faultserver import request_paths
 
-from atomicedge.store import pipeline
-from atomicedge.store.pipeline import Broken, Endpoint, get_many
+from atomicedge.remote import pipeline
+from atomicedge.remote.pipeline import Broken, Endpoint, get_many
 
 
 def _serve(answer: Callable[[int, socket.socket], None]) -> Iterator[Endpoint]:

@@ -8,10 +8,10 @@ import pytest
 from net_helpers import ostree_fsck, run
 
 from atomicedge.errors import CorruptionError
-from atomicedge.store import remotes
-from atomicedge.store.pull import pull
-from atomicedge.store.repo import Repo
-from atomicedge.store.serve import Server
+from atomicedge.ostree.repo import Repo
+from atomicedge.publish.serve import Server
+from atomicedge.remote import config as remotes
+from atomicedge.remote.pull import pull
 
 
 @pytest.mark.parametrize("mode", ["archive", "bare-user", "bare"])

@@ -9,11 +9,11 @@ import pytest
 from net_helpers import make_tree, ostree_fsck
 
 from atomicedge.cli.main import main
-from atomicedge.store import summary
-from atomicedge.store.commit import commit_directory
-from atomicedge.store.objects import ObjectType
-from atomicedge.store.pull import pull
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.commit import commit_directory
+from atomicedge.ostree.objects import ObjectType
+from atomicedge.ostree.repo import Repo
+from atomicedge.publish import summary as pubsum
+from atomicedge.remote.pull import pull
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def history(tmp_path: Path) -> tuple[Repo, list[str]]:
         make_tree(tree, v)
         commits.append(commit_directory(repo, tree, branch="main", subject=f"v{v}"))
     commit_directory(repo, tree, branch="other", subject="other")
-    summary.update(repo)
+    pubsum.update(repo)
     return repo, commits
 
 

@@ -12,15 +12,18 @@ import pytest
 from net_helpers import make_tree, ostree_client, ostree_fsck, run
 
 from atomicedge.cli.main import main
-from atomicedge.store import delta_format as df
-from atomicedge.store import objects as ob
-from atomicedge.store import promote, remotes, sign, summary
-from atomicedge.store.commit import commit_directory
-from atomicedge.store.objects import ObjectType
-from atomicedge.store.pull import pull
-from atomicedge.store.repo import Repo
-from atomicedge.store.serve import Server
-from atomicedge.store.walk import reachable
+from atomicedge.delta import format as df
+from atomicedge.ostree import objects as ob
+from atomicedge.ostree import summary
+from atomicedge.ostree.commit import commit_directory
+from atomicedge.ostree.objects import ObjectType
+from atomicedge.ostree.repo import Repo
+from atomicedge.ostree.walk import reachable
+from atomicedge.publish import promote
+from atomicedge.publish.serve import Server
+from atomicedge.remote import config as remotes
+from atomicedge.remote.pull import pull
+from atomicedge.trust import sign
 
 
 def _get(url: str, headers: dict[str, str] | None = None,
@@ -112,12 +115,12 @@ def test_remote_config_is_read_by_ostree(tmp_path: Path, capsys: pytest.CaptureF
 def test_summary_update_is_read_by_ostree_view(tmp_path: Path, tree: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     repo = Repo.init(tmp_path / "r", "archive")
-    from atomicedge.store.gvariant import Variant
+    from atomicedge.ostree.gvariant import Variant
     v1 = commit_directory(repo, tree, branch="b/one", subject="1",
                           metadata={"version": Variant("s", "1.0")})
     make_tree(tree, 2)
     v2 = commit_directory(repo, tree, branch="a-two", subject="2")
-    from atomicedge.store import delta
+    from atomicedge.delta import generate as delta
     delta.generate(repo, v1, v2)
     assert main(["repo", "summary", "-u", "--repo", str(repo.path), "-m", "team=edge"]) == 0
     out = run("ostree", f"--repo={repo.path}", "summary", "--view").stdout

@@ -6,17 +6,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from net_helpers import StaticServer, ostree_client, ostree_commit, ostree_fsck, run
+from net_helpers import StaticServer, ostree_client, ostree_commit, ostree_fsck, run, stop_gpg_agent
 
 from atomicedge.cli.main import main
 from atomicedge.errors import CorruptionError
-from atomicedge.store import gpg, remotes, sign, summary
-from atomicedge.store.commit import commit_directory
-from atomicedge.store.objects import ObjectType
-from atomicedge.store.pull import pull
-from atomicedge.store.repo import Repo
-from atomicedge.store.serve import Server
-from conftest import stop_gpg_agent
+from atomicedge.ostree.commit import commit_directory
+from atomicedge.ostree.objects import ObjectType
+from atomicedge.ostree.repo import Repo
+from atomicedge.publish import summary as pubsum
+from atomicedge.publish.serve import Server
+from atomicedge.remote import config as remotes
+from atomicedge.remote.pull import pull
+from atomicedge.trust import gpg, sign
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,7 @@ def test_signed_summary_is_verified_and_a_tampered_one_refused(tmp_path: Path,
                                                                ) -> None:
     repo, _csum = src_repo
     secret, public = sign.ed25519_generate()
-    summary.update(repo, sign_opts=summary.SignOptions(ed25519_secrets=[secret]))
+    pubsum.update(repo, sign_opts=pubsum.SignOptions(ed25519_secrets=[secret]))
     assert main(["repo", "sign", "--repo", str(repo.path), "main", secret]) == 0
     dst = Repo.init(tmp_path / "dst", "bare-user")
     remotes.add(dst, "origin", f"file://{repo.path}", gpg_verify=False, sign_verify=True,
@@ -168,7 +169,7 @@ def test_summary_signature_is_required_even_when_commits_are_not_verified(
     """``gpg-verify-summary`` is its own switch (as in ostree), not a refinement of
     ``gpg-verify``: an unsigned summary is refused although commits need no signature."""
     repo, _csum = src_repo
-    summary.update(repo)
+    pubsum.update(repo)
     dst = Repo.init(tmp_path / "d", "bare-user")
     with Server(repo.path) as srv:
         remotes.add(dst, "origin", srv.url, gpg_verify=False)

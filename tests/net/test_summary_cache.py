@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from net_helpers import make_tree, ostree_client, run
 
-from atomicedge.store import gpg, remotes, summary
-from atomicedge.store.commit import commit_directory
-from atomicedge.store.pull import PullResult, pull
-from atomicedge.store.repo import Repo
-from atomicedge.store.serve import Server
-from atomicedge.store.summary_cache import CACHE_DIR
+from atomicedge.ostree.commit import commit_directory
+from atomicedge.ostree.repo import Repo
+from atomicedge.publish import summary as pubsum
+from atomicedge.publish.serve import Server
+from atomicedge.remote import config as remotes
+from atomicedge.remote.pull import PullResult, pull
+from atomicedge.remote.summary_cache import CACHE_DIR
+from atomicedge.trust import gpg
 
 
 def _requests(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -28,7 +30,7 @@ def _requests(capsys: pytest.CaptureFixture[str]) -> list[str]:
 
 def _sign(repo: Repo, gpg_keys: tuple[Path, str, Path]) -> None:
     home, key, _pub = gpg_keys
-    summary.update(repo, sign_opts=summary.SignOptions(gpg_key_ids=[key], gpg_homedir=home))
+    pubsum.update(repo, sign_opts=pubsum.SignOptions(gpg_key_ids=[key], gpg_homedir=home))
 
 
 def _client(path: Path, url: str) -> Repo:
@@ -101,7 +103,7 @@ def test_a_damaged_or_forged_cached_summary_is_never_trusted(
     _sign(repo, gpg_keys)
     other = Repo.init(tmp_path / "other", "archive")
     commit_directory(other, make_tree(tmp_path / "o", 3), branch="main", subject="forged")
-    summary.update(other)
+    pubsum.update(other)
     with Server(repo.path) as srv:
         dst = _client(tmp_path / "d", srv.url)
         dst.config.set('remote "origin"', "gpg-verify-summary", "true")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from atomicedge.store.commit import parse_timestamp
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.commit import parse_timestamp
+from atomicedge.ostree.repo import Repo
 
 CLI = [sys.executable, "-m", "atomicedge.cli.main", "repo"]
 

@@ -10,11 +10,11 @@ import pytest
 
 from atomicedge.cli.main import main
 from atomicedge.errors import CorruptionError
-from atomicedge.store.checkout import checkout
-from atomicedge.store.commit import commit_directory
-from atomicedge.store.fsck import fsck
-from atomicedge.store.objects import Commit, DirMeta, DirTree, FileHeader, ObjectType
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.checkout import checkout
+from atomicedge.ostree.commit import commit_directory
+from atomicedge.ostree.fsck import fsck
+from atomicedge.ostree.objects import Commit, DirMeta, DirTree, FileHeader, ObjectType
+from atomicedge.ostree.repo import Repo
 from tests.store.conftest import ostree
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from atomicedge.store.commit import commit_directory
-from atomicedge.store.fsck import fsck
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.commit import commit_directory
+from atomicedge.ostree.fsck import fsck
+from atomicedge.ostree.repo import Repo
 from tests.store.conftest import make_rich_tree, ostree
 
 ATOMICEDGE = [sys.executable, "-m", "atomicedge.cli.main"]

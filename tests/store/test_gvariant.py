@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atomicedge.errors import CorruptionError
-from atomicedge.store import gvariant as gv
-from atomicedge.store.objects import (
+from atomicedge.ostree import gvariant as gv
+from atomicedge.ostree.objects import (
     Commit,
     DirMeta,
     DirTree,

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from atomicedge.cli.main import main
-from atomicedge.store import inspect as ins
-from atomicedge.store.checkout import checkout
-from atomicedge.store.commit import commit_directory
-from atomicedge.store.fsck import fsck
-from atomicedge.store.gvariant import Variant
-from atomicedge.store.repo import Repo
+from atomicedge.ostree import inspect as ins
+from atomicedge.ostree.checkout import checkout
+from atomicedge.ostree.commit import commit_directory
+from atomicedge.ostree.fsck import fsck
+from atomicedge.ostree.gvariant import Variant
+from atomicedge.ostree.repo import Repo
 from tests.store.conftest import manifest, ostree
 
 MODES = ["archive", "bare", "bare-user"]

@@ -7,11 +7,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from atomicedge.store.commit import commit_directory
-from atomicedge.store.fsck import fsck, prune
-from atomicedge.store.objects import ObjectType
-from atomicedge.store.repo import Repo
-from atomicedge.store.walk import reachable
+from atomicedge.ostree.commit import commit_directory
+from atomicedge.ostree.fsck import fsck, prune
+from atomicedge.ostree.objects import ObjectType
+from atomicedge.ostree.repo import Repo
+from atomicedge.ostree.walk import reachable
 from tests.store.conftest import make_rich_tree, ostree
 
 CLI = [sys.executable, "-m", "atomicedge.cli.main", "repo"]

@@ -22,7 +22,7 @@ from atomicedge.compose.blueprint import DEFAULT_DISTRO, DISTROS
 from atomicedge.compose.cache import default_root
 from atomicedge.compose.validate import load
 from atomicedge.errors import NotFoundError, UsageError
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.repo import Repo
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)

@@ -223,8 +223,8 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from atomicedge.device import nspawn
     from atomicedge.device.sysroot import Sysroot
+    from atomicedge.lab import nspawn
     sysroot = Sysroot.open(args.sysroot)
 
     def show(rec: nspawn.BootRecord) -> None:

@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from atomicedge.errors import UsageError
-from atomicedge.store import inspect as ins
-from atomicedge.store.checkout import checkout
-from atomicedge.store.commit import commit_directory, parse_metadata_strings, parse_timestamp
-from atomicedge.store.fsck import fsck, prune
-from atomicedge.store.repo import Repo
+from atomicedge.ostree import inspect as ins
+from atomicedge.ostree.checkout import checkout
+from atomicedge.ostree.commit import commit_directory, parse_metadata_strings, parse_timestamp
+from atomicedge.ostree.fsck import fsck, prune
+from atomicedge.ostree.repo import Repo
 
 # modules that add verbs of their own (network, packages) through register_repo_verbs()
 EXTENSIONS = ("atomicedge.cli.repo_net", "atomicedge.cli.compose")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from atomicedge.errors import NotFoundError, UsageError
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.repo import Repo
 
 Sub = argparse._SubParsersAction
 
@@ -35,7 +35,7 @@ def _sign_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sign_opts(args: argparse.Namespace) -> Any:
-    from atomicedge.store.summary import SignOptions
+    from atomicedge.publish.summary import SignOptions
     secrets = list(args.sign)
     if args.keys_file is not None:
         secrets += _read_keys(args.keys_file)
@@ -91,13 +91,14 @@ def _register_summary(sub: Sub) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from atomicedge.store import summary as sm
-    from atomicedge.store.commit import parse_metadata_strings
+    from atomicedge.ostree import summary as sm
+    from atomicedge.ostree.commit import parse_metadata_strings
+    from atomicedge.publish import summary as pubsum
     repo = Repo.open(args.repo)
     if not args.update and not args.view:
         raise UsageError("summary needs -u/--update or --view")
     if args.update:
-        s = sm.update(repo, sign_opts=_sign_opts(args),
+        s = pubsum.update(repo, sign_opts=_sign_opts(args),
                       extra=parse_metadata_strings(args.add_metadata, "--add-metadata"))
     else:
         s = sm.load(repo)
@@ -161,7 +162,7 @@ def _parse_sets(items: list[str]) -> dict[str, str]:
 
 
 def cmd_remote_add(args: argparse.Namespace) -> int:
-    from atomicedge.store import remotes
+    from atomicedge.remote import config as remotes
     repo = Repo.open(args.repo)
     opts = _parse_sets(args.set)
     for item in args.sign_verify:
@@ -185,7 +186,8 @@ def cmd_remote_add(args: argparse.Namespace) -> int:
 
 
 def _gpg_import(repo: Repo, name: str, files: list[Path]) -> None:
-    from atomicedge.store import gpg, remotes
+    from atomicedge.remote import config as remotes
+    from atomicedge.trust import gpg
     remotes.get(repo, name)
     for f in files:
         try:
@@ -201,13 +203,13 @@ def cmd_remote_gpg_import(args: argparse.Namespace) -> int:
 
 
 def cmd_remote_delete(args: argparse.Namespace) -> int:
-    from atomicedge.store import remotes
+    from atomicedge.remote import config as remotes
     remotes.delete(Repo.open(args.repo), args.name, if_exists=args.if_exists)
     return 0
 
 
 def cmd_remote_list(args: argparse.Namespace) -> int:
-    from atomicedge.store import remotes
+    from atomicedge.remote import config as remotes
     repo = Repo.open(args.repo)
     for name in remotes.names(repo):
         if args.show_urls:
@@ -218,7 +220,7 @@ def cmd_remote_list(args: argparse.Namespace) -> int:
 
 
 def cmd_remote_show_url(args: argparse.Namespace) -> int:
-    from atomicedge.store import remotes
+    from atomicedge.remote import config as remotes
     print(remotes.get(Repo.open(args.repo), args.name).url)
     return 0
 
@@ -242,7 +244,7 @@ def _register_pull(sub: Sub) -> None:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from atomicedge.store.pull import RichPullProgress, pull
+    from atomicedge.remote.pull import RichPullProgress, pull
     repo = Repo.open(args.repo)
     kwargs = dict(mirror=args.mirror, depth=args.depth,
                   commit_metadata_only=args.commit_metadata_only,
@@ -325,7 +327,7 @@ def _keys(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_delta_verify(args: argparse.Namespace) -> int:
-    from atomicedge.store import delta
+    from atomicedge.delta import generate as delta
     keys = _keys(args)
     if not keys:
         raise UsageError("no trusted keys given", "pass public keys or --keys-file")
@@ -335,7 +337,7 @@ def cmd_delta_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_delta_generate(args: argparse.Namespace) -> int:
-    from atomicedge.store import delta
+    from atomicedge.delta import generate as delta
     repo = Repo.open(args.repo)
     to_rev = args.to_rev or args.rev
     if not to_rev:
@@ -354,7 +356,7 @@ def cmd_delta_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_delta_list(args: argparse.Namespace) -> int:
-    from atomicedge.store import delta_format as df
+    from atomicedge.delta import format as df
     names = df.list_deltas(Repo.open(args.repo).path)
     if not names:
         print("(No static deltas)")
@@ -364,20 +366,20 @@ def cmd_delta_list(args: argparse.Namespace) -> int:
 
 
 def cmd_delta_show(args: argparse.Namespace) -> int:
-    from atomicedge.store import delta
+    from atomicedge.delta import generate as delta
     sys.stdout.write(delta.show(Repo.open(args.repo), args.name))
     return 0
 
 
 def cmd_delta_apply(args: argparse.Namespace) -> int:
-    from atomicedge.store import delta
+    from atomicedge.delta import generate as delta
     csum = delta.apply_offline(Repo.open(args.repo), args.path, _keys(args))
     print(f"applied delta to {csum}")
     return 0
 
 
 def cmd_delta_delete(args: argparse.Namespace) -> int:
-    from atomicedge.store import delta
+    from atomicedge.delta import generate as delta
     delta.delete(Repo.open(args.repo), args.name)
     return 0
 
@@ -403,8 +405,8 @@ def _register_signing(sub: Sub) -> None:
 
 
 def cmd_gpg_sign(args: argparse.Namespace) -> int:
-    from atomicedge.store import gpg, sign
-    from atomicedge.store.objects import ObjectType
+    from atomicedge.ostree.objects import ObjectType
+    from atomicedge.trust import gpg, sign
     repo = Repo.open(args.repo)
     csum = repo.resolve_rev(args.commit)
     data = repo.read_metadata_bytes(csum, ObjectType.COMMIT)
@@ -417,8 +419,8 @@ def cmd_gpg_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    from atomicedge.store import sign
-    from atomicedge.store.objects import ObjectType
+    from atomicedge.ostree.objects import ObjectType
+    from atomicedge.trust import sign
     repo = Repo.open(args.repo)
     csum = repo.resolve_rev(args.commit)
     data = repo.read_metadata_bytes(csum, ObjectType.COMMIT)
@@ -441,7 +443,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from atomicedge.store import promote
+    from atomicedge.publish import promote
     dest = args.dest or args.repo
     if dest is None:
         raise UsageError("promote needs --to PATH (the production repository)")
@@ -456,6 +458,6 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from atomicedge.store.serve import serve_forever
+    from atomicedge.publish.serve import serve_forever
     serve_forever(args.repo, args.bind, args.port)
     return 0

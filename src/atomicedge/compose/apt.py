@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from atomicedge.compose import tool
+from atomicedge import runner as tool
 from atomicedge.errors import UsageError
 
 HOST_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")

@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.repo import Repo
 
 
 def compose_json(repo: Repo, ref: str, commit: str) -> dict[str, object]:
@@ -25,7 +25,7 @@ def compose_json(repo: Repo, ref: str, commit: str) -> dict[str, object]:
 
 
 def write_commit_tar(repo: Repo, ref: str, commit: str, output: Path) -> None:
-    from atomicedge.store.pull import pull
+    from atomicedge.remote.pull import pull
     output = output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".commit-tar-", dir=output.parent))

@@ -33,9 +33,9 @@ from atomicedge.compose.apt import AptState, Sources, host_arch
 from atomicedge.compose.blueprint import Blueprint
 from atomicedge.compose.custom import accounts, files, firewall, services, system
 from atomicedge.errors import NotFoundError, UsageError
-from atomicedge.store.gvariant import Variant
-from atomicedge.store.objects import Commit, ObjectType
-from atomicedge.store.repo import Repo, validate_ref
+from atomicedge.ostree.gvariant import Variant
+from atomicedge.ostree.objects import Commit, ObjectType
+from atomicedge.ostree.repo import Repo, validate_ref
 
 log = logging.getLogger("atomicedge.compose")
 IMAGE_TYPES = ("edge-commit",)
@@ -101,7 +101,7 @@ def default_ref(bp: Blueprint, arch: str) -> str:
 
 def resolve_url_parent(repo: Repo, url: str, ref: str) -> str:
     """``GET <url>/refs/heads/<ref>`` then fetch that commit object (metadata only)."""
-    from atomicedge.store.pull import pull
+    from atomicedge.remote.pull import pull
     target = f"{url.rstrip('/')}/refs/heads/{ref}"
     try:
         with urllib.request.urlopen(target, timeout=30) as resp:
@@ -267,7 +267,7 @@ def compose(req: ComposeRequest, steps: Steps | None = None) -> ComposeResult:
             if req.profile == "edge":
                 _install_agent(tree)
         with steps.step("commit"):
-            from atomicedge.store.commit import commit_directory
+            from atomicedge.ostree.commit import commit_directory
             csum = commit_directory(
                 repo, tree, branch=ref, subject=f"{bp.name} {bp.version}",
                 parent=parent or "none", metadata=_metadata(bp, inhash, prep),

@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from atomicedge.compose import tool
+from atomicedge import runner as tool
 from atomicedge.compose.depsolve import Resolution
 from atomicedge.compose.mmdebstrap import remove_tree
 

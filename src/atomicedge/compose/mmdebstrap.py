@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from atomicedge.compose import tool
+from atomicedge import runner as tool
 from atomicedge.compose.apt import AptState
 
 AUTOMOUNT_HOOKS = Path("/usr/share/mmdebstrap/hooks/file-mirror-automount")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from atomicedge.compose.ostreeprep import DPKG_DIR
 from atomicedge.errors import NotFoundError
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.repo import Repo
 
 STATUS_PATH = f"{DPKG_DIR}/status"
 

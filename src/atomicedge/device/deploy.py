@@ -30,8 +30,8 @@ from atomicedge.device.origin import Origin
 from atomicedge.device.sysroot import PIN_GROUP, Deployment, Sysroot, find_kernel
 from atomicedge.errors import CorruptionError, NotFoundError, UsageError
 from atomicedge.fsutil import atomic_write, fsync_dir
-from atomicedge.store.objects import ObjectType
-from atomicedge.store.walk import reachable
+from atomicedge.ostree.objects import ObjectType
+from atomicedge.ostree.walk import reachable
 
 STAGED_REF = "atomicedge/staged"
 MAX_BOOT_ATTEMPTS = 3

@@ -1,6 +1,6 @@
 """Getting commits into the sysroot repo: the store's pull, or a local repo copy.
 
-``http(s)://`` remotes go through :mod:`atomicedge.store.pull` (the network client).
+``http(s)://`` remotes go through :mod:`atomicedge.remote.pull` (the network client).
 ``file://`` URLs and plain paths are copied object by object from the source repository
 (what ``ostree pull-local`` does), re-hashing content on the way in, inside one transaction
 whose ref update comes last - so an interrupted pull leaves only garbage objects.
@@ -13,10 +13,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from atomicedge.errors import NotFoundError
-from atomicedge.store import remotes
-from atomicedge.store.objects import ObjectType
-from atomicedge.store.repo import Repo
-from atomicedge.store.walk import reachable
+from atomicedge.ostree.objects import ObjectType
+from atomicedge.ostree.repo import Repo
+from atomicedge.ostree.walk import reachable
+from atomicedge.remote import config as remotes
 
 
 def _local_path(url: str) -> Path | None:
@@ -53,7 +53,7 @@ def pull(repo: Repo, remote: str, ref: str, *, commit: str | None = None) -> str
 
 def _network_pull(repo: Repo, remote: str, ref: str, commit: str | None) -> str:
     try:
-        mod = importlib.import_module("atomicedge.store.pull")
+        mod = importlib.import_module("atomicedge.remote.pull")
     except ModuleNotFoundError:
         raise NotFoundError("network pulls are not available in this build",
                             "use a file:// remote") from None

@@ -1,6 +1,6 @@
 """Fast hardlink checkout of a commit from the sysroot's own *bare* repo (the deploy hot path).
 
-The store's :func:`atomicedge.store.checkout.checkout` is general (all repo modes, archive
+The store's :func:`atomicedge.ostree.checkout.checkout` is general (all repo modes, archive
 inflation in a thread pool, union mode).  A deployment only ever needs "bare repo -> new
 directory", where every file is one ``link()``: doing that single-threaded, with directory
 file descriptors and without the pool, is what lets ``deploy`` keep up with
@@ -17,10 +17,10 @@ import stat
 from pathlib import Path
 
 from atomicedge.errors import NotFoundError
-from atomicedge.store import gvariant as gv
-from atomicedge.store.checkout import checkout as store_checkout
-from atomicedge.store.objects import DirMeta, ObjectType, hexsum, validate_name
-from atomicedge.store.repo import Repo
+from atomicedge.ostree import gvariant as gv
+from atomicedge.ostree.checkout import checkout as store_checkout
+from atomicedge.ostree.objects import DirMeta, ObjectType, hexsum, validate_name
+from atomicedge.ostree.repo import Repo
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 DIRTREE_SIG = "(a(say)a(sayay))"

@@ -19,8 +19,8 @@ from atomicedge.device.grubenv import GrubEnv
 from atomicedge.device.origin import Origin
 from atomicedge.device.sysroot import Deployment, Sysroot, init_fs, os_init
 from atomicedge.errors import NotFoundError, UsageError
-from atomicedge.store import remotes
-from atomicedge.store.objects import CHECKSUM_RE, ObjectType
+from atomicedge.ostree.objects import CHECKSUM_RE, ObjectType
+from atomicedge.remote import config as remotes
 
 BOOTED_FLAG = Path("/run/ostree-booted")
 

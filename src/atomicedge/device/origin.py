@@ -12,7 +12,7 @@ from pathlib import Path
 
 from atomicedge.errors import FormatError
 from atomicedge.fsutil import atomic_write
-from atomicedge.store.keyfile import KeyFile
+from atomicedge.ostree.keyfile import KeyFile
 
 
 @dataclass

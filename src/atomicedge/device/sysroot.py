@@ -33,7 +33,7 @@ from atomicedge.device import bls, faults
 from atomicedge.device.origin import Origin
 from atomicedge.errors import CorruptionError, NotFoundError, UsageError
 from atomicedge.fsutil import atomic_symlink, atomic_write, fsync_dir, syncfs
-from atomicedge.store.repo import Repo
+from atomicedge.ostree.repo import Repo
 
 DEPLOY_NAME = re.compile(r"^([0-9a-f]{64})\.(\d+)$")
 STATEROOT_NAME = re.compile(r"^[A-Za-z0-9_][-A-Za-z0-9_.]*$")
@@ -235,7 +235,7 @@ class Sysroot:
             initrd=f"{bootdir}/initramfs-{kver}.img" if initramfs else None)
 
     def _has_commit(self, csum: str) -> bool:
-        from atomicedge.store.objects import ObjectType
+        from atomicedge.ostree.objects import ObjectType
         return self.repo.has_object(csum, ObjectType.COMMIT)
 
     def _write_pin_refs(self, bv: int, deps: list[Deployment]) -> None:

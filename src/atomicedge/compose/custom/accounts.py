@@ -20,7 +20,7 @@ import datetime
 import hashlib
 from pathlib import Path
 
-from atomicedge.compose import tool
+from atomicedge import runner as tool
 from atomicedge.compose.blueprint import Blueprint, User
 from atomicedge.errors import UsageError
 

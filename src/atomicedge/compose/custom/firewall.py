@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atomicedge.compose import tool
+from atomicedge import runner as tool
 from atomicedge.compose.blueprint import Firewall
 
 

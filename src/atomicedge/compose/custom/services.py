@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atomicedge.compose import tool
+from atomicedge import runner as tool
 from atomicedge.compose.blueprint import Services
 
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_OFFLINE": "1", "LC_ALL": "C"}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from atomicedge.compose import tool
+from atomicedge import runner as tool
 from atomicedge.compose.blueprint import Customizations
 from atomicedge.errors import UsageError
 
