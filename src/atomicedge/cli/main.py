@@ -18,7 +18,7 @@ from atomicedge import __version__
 from atomicedge.errors import AtomicEdgeError
 
 # command-group modules under atomicedge.cli; a group that is not installed yet is skipped
-GROUPS = ("repo", "compose", "device", "demo")
+GROUPS = ("repo", "compose", "composer", "device", "quadlet", "lab", "vm", "demo")
 
 log = logging.getLogger("atomicedge")
 
