@@ -1,0 +1,1 @@
+"""Workloads on the device: Quadlet units for podman containers."""
