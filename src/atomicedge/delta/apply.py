@@ -10,67 +10,17 @@ the (capped) part size and the declared object sizes.
 from __future__ import annotations
 
 import hashlib
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-import bsdiff4.core as bscore
-
 from atomicedge.delta import format as df
+from atomicedge.delta.bsdiff import bspatch
 from atomicedge.errors import CorruptionError, FormatError
 from atomicedge.ostree import objects as ob
 from atomicedge.ostree.objects import FileHeader, ObjectType
 from atomicedge.ostree.repo import Repo
 
 MAX_OBJECT = 4 * 1024 * 1024 * 1024
-_CTRL = struct.Struct("<8s8s8s")
-
-
-def _offtin(b: bytes) -> int:
-    v = int.from_bytes(b, "little")
-    return -(v & ~(1 << 63)) if v & (1 << 63) else v
-
-
-def _offtout(v: int) -> bytes:
-    return (abs(v) | ((1 << 63) if v < 0 else 0)).to_bytes(8, "little")
-
-
-def bsdiff_stream(old: bytes, new: bytes) -> bytes:
-    """The endsley/bsdiff *library* stream ostree's ``B`` op expects (no header, no bzip2)."""
-    ctrl, diff, extra = bscore.diff(old, new)
-    out = bytearray()
-    dpos = epos = 0
-    for i in range(0, len(ctrl), 24):
-        x, y, z = (bscore.decode_int64(ctrl[i + k:i + k + 8]) for k in (0, 8, 16))
-        out += _offtout(x) + _offtout(y) + _offtout(z)
-        out += diff[dpos:dpos + x]
-        out += extra[epos:epos + y]
-        dpos += x
-        epos += y
-    return bytes(out)
-
-
-def bspatch_stream(old: bytes, patch: bytes, new_size: int) -> bytes:
-    """Apply an endsley bsdiff stream (validated; the C core does the byte work)."""
-    ctrl, diff, extra = bytearray(), bytearray(), bytearray()
-    pos = 0
-    produced = 0
-    while produced < new_size:
-        if pos + 24 > len(patch):
-            raise CorruptionError("bsdiff stream is truncated")
-        x, y, z = (_offtin(b) for b in _CTRL.unpack_from(patch, pos))
-        pos += 24
-        if x < 0 or y < 0 or pos + x + y > len(patch) or produced + x + y > new_size:
-            raise CorruptionError("bsdiff stream has an invalid control triple")
-        ctrl += bscore.encode_int64(x) + bscore.encode_int64(y) + bscore.encode_int64(z)
-        diff += patch[pos:pos + x]
-        extra += patch[pos + x:pos + x + y]
-        pos += x + y
-        produced += x + y
-    try:
-        return bytes(bscore.patch(old, new_size, bytes(ctrl), bytes(diff), bytes(extra)))
-    except (ValueError, MemoryError) as exc:
-        raise CorruptionError(f"bsdiff stream does not apply: {exc}") from None
 
 
 @dataclass
@@ -202,7 +152,7 @@ class PartRunner:
         off, length = self.varint(), self.varint()
         if self.st.header is None or self.st.source is None:
             raise CorruptionError("delta 'bspatch' op without an open object and a source")
-        self.st.buf = bytearray(bspatch_stream(self.st.source, self.blob(off, length),
+        self.st.buf = bytearray(bspatch(self.st.source, self.blob(off, length),
                                                self.st.size))
 
     def op_close(self) -> tuple[ObjectType, str, Any]:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from atomicedge.delta import format as df
-from atomicedge.delta.apply import bsdiff_stream, decode_part, run_part
+from atomicedge.delta.apply import decode_part, run_part
+from atomicedge.delta.bsdiff import bsdiff
 from atomicedge.errors import FormatError, NotFoundError, UsageError
 from atomicedge.fsutil import atomic_write
 from atomicedge.ostree import objects as ob
@@ -117,7 +118,7 @@ def _try_bsdiff(repo: Repo, new: tuple[FileHeader, bytes], src_csum: str) -> byt
         return None
     if not 0.5 <= len(data) / len(old) <= 2.0:
         return None
-    patch = bsdiff_stream(old, data)
+    patch = bsdiff(old, data)
     # the diff bytes are mostly zeros and compress away; count what will not
     cost = len(patch) - patch.count(0)
     return patch if cost < 0.6 * len(data) else None
