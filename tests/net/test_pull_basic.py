@@ -33,8 +33,23 @@ def test_pull_over_file_url_from_an_ostree_made_repo(tmp_path: Path,
     res = pull(dst, "origin", ["main"])
     assert dst.read_ref("origin:main") == ostree_repo[1] == res.refs["main"]
     ostree_fsck(dst.path)
-    run("ostree", f"--repo={dst.path}", "checkout", "-U", "main", str(tmp_path / "co"),
-        check=False)
+    # real ostree checks out what we pulled, and it is the tree ostree itself committed
+    for repo, out in ((dst.path, "co"), (ostree_repo[0], "co-src")):
+        co = run("ostree", f"--repo={repo}", "checkout", "-U", ostree_repo[1],
+                 str(tmp_path / out), check=False)
+        assert co.returncode == 0, co.stderr
+    assert _listing(tmp_path / "co") == _listing(tmp_path / "co-src") != {}
+
+
+def _listing(root: Path) -> dict[str, tuple[int, bytes]]:
+    """Every path below ``root`` with its mode and content (or link target)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        data = str(p.readlink()).encode() if p.is_symlink() else (
+            p.read_bytes() if p.is_file() else b"")
+        out[str(p.relative_to(root))] = (st.st_mode, data)
+    return out
 
 
 def test_second_pull_downloads_nothing_new(tmp_path: Path, server: Server) -> None:

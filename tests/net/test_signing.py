@@ -11,7 +11,6 @@ from net_helpers import StaticServer, ostree_client, ostree_commit, ostree_fsck,
 from atomicedge.cli.main import main
 from atomicedge.errors import CorruptionError
 from atomicedge.ostree.commit import commit_directory
-from atomicedge.ostree.objects import ObjectType
 from atomicedge.ostree.repo import Repo
 from atomicedge.publish import summary as pubsum
 from atomicedge.publish.serve import Server
@@ -161,7 +160,10 @@ def test_gpg_signed_summary_read_by_ostree(tmp_path: Path, src_repo: tuple[Repo,
                                "--set=gpg-verify-summary=true", f"--gpg-import={pub}")
         run("ostree", f"--repo={client}", "pull", "origin", "main")
     ostree_fsck(client)
-    assert repo.has_object(_csum, ObjectType.COMMIT)
+    # the client (not the source) now holds the signed commit, verified by real ostree
+    assert run("ostree", f"--repo={client}", "rev-parse", "origin:main").stdout.strip() == _csum
+    shown = run("ostree", f"--repo={client}", "show", "--gpg-verify-remote=origin", _csum)
+    assert "Good signature" in shown.stdout + shown.stderr, shown.stdout + shown.stderr
 
 
 def test_summary_signature_is_required_even_when_commits_are_not_verified(
