@@ -122,7 +122,9 @@ HUNG = HealthResult(required_failed=("hang.sh",), timed_out=("hang.sh",))
     [None, -1, 0, 1, 2], [0, 1], [1, 2, 3], [GREEN, RED, WANTED, HUNG])))
 def test_boot_decision_table(counter: int | None, idx: int, n: int,
                              health: HealthResult) -> None:
-    if idx >= n:
+    if idx >= n:  # a booted deployment outside the list: refused, never decided on
+        with pytest.raises(ValueError, match="booted index"):
+            BootFacts(counter, idx, n, "b" * 64, "d" * 64)
         return
     facts = BootFacts(counter, idx, n, "b" * 64, "d" * 64)
     d = decide_boot(facts, health, NOW)

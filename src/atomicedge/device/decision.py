@@ -89,6 +89,12 @@ class BootFacts:
     default_checksum: str = ""        # deployment 0 (what the bootloader would have preferred)
     max_boot_attempts: int = DEFAULT_MAX_BOOT_ATTEMPTS
 
+    def __post_init__(self) -> None:
+        # facts no boot can produce would otherwise decide "no fallback" silently
+        if not 0 <= self.booted_index < self.n_deployments:
+            raise ValueError(f"booted index {self.booted_index} is not one of the "
+                             f"{self.n_deployments} deployments")
+
 
 @dataclass(frozen=True)
 class BootDecision:
