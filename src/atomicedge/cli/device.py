@@ -126,17 +126,18 @@ def _open(args: argparse.Namespace) -> Any:
 
 
 def _reboot_if(args: argparse.Namespace, sysroot: Any) -> None:
-    import subprocess
+    from atomicedge import runner
     if getattr(args, "reboot", False) and sysroot.booted() is not None:
-        subprocess.run(["systemctl", "reboot"], check=False)
+        runner.run(["systemctl", "reboot"], what="systemctl reboot", check=False, timeout=120)
 
 
 def _started_finalize(result: Any) -> None:
     """A staged deployment needs the finalize unit active so its ExecStop runs."""
-    import subprocess
+    from atomicedge import runner
     if result.staged:
-        subprocess.run(["systemctl", "start", "atomicedge-finalize-staged.service"],
-                       check=False, capture_output=True)
+        runner.run(["systemctl", "start", "atomicedge-finalize-staged.service"],
+                   what="systemctl start atomicedge-finalize-staged.service", check=False,
+                   timeout=120)
 
 
 def cmd_install(args: argparse.Namespace) -> int:

@@ -15,12 +15,26 @@ import sys
 from collections.abc import Sequence
 
 from atomicedge import __version__
-from atomicedge.errors import AtomicEdgeError
+from atomicedge.errors import AtomicEdgeError, ToolError
 
 # command-group modules under atomicedge.cli; a group that is not installed yet is skipped
 GROUPS = ("repo", "compose", "composer", "device", "quadlet", "lab", "vm", "demo")
 
 log = logging.getLogger("atomicedge")
+TOOL_OUTPUT_LINES = 20  # how much of a failed outside tool's stderr is shown
+
+
+def _print_tool_output(stderr: str) -> None:
+    """The tail of a failed tool's stderr, indented, so "see the output above" has output."""
+    lines = [ln.rstrip() for ln in stderr.splitlines() if ln.strip()]
+    if not lines:
+        return
+    shown = lines[-TOOL_OUTPUT_LINES:]
+    if len(lines) > len(shown):
+        print(f"  ({len(lines) - len(shown)} earlier lines of the tool's output not shown)",
+              file=sys.stderr)
+    for line in shown:
+        print(f"    {line}", file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc = func(args)
     except AtomicEdgeError as exc:
+        if isinstance(exc, ToolError):
+            _print_tool_output(exc.stderr)
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -14,12 +14,12 @@ import datetime as dt
 import json
 import re
 import shutil
-import subprocess
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atomicedge import runner
 from atomicedge.device import deploy as dp
 from atomicedge.device import ops
 from atomicedge.device.decision import (
@@ -80,8 +80,8 @@ def _validate_calendar(expr: str, source: str) -> None:
     if not expr.strip() or "\n" in expr:
         raise FormatError(f"{source}: schedule is empty", "e.g. schedule = \"daily\"")
     if shutil.which("systemd-analyze"):
-        proc = subprocess.run(["systemd-analyze", "calendar", expr], capture_output=True,
-                              text=True)
+        proc = runner.run(["systemd-analyze", "calendar", expr],
+                          what="systemd-analyze calendar", check=False, timeout=60)
         if proc.returncode != 0:
             raise FormatError(f"{source}: schedule = {expr!r} is not a systemd calendar "
                               "expression", "see systemd.time(7), e.g. \"*-*-* 03:00:00\"")
@@ -135,8 +135,13 @@ def tick(sysroot: Sysroot, cfg: AgentConfig, now: dt.datetime,
         ops.apply_commit(sysroot, osname, avail, origin)
     _save_state(sysroot, osname, cfg, decision, avail, now)
     if decision.action is Action.APPLY and reboot and sysroot.booted() is not None:
-        subprocess.run(["systemctl", "reboot", "--no-block"], check=False)
+        _reboot()
     return decision
+
+
+def _reboot() -> None:
+    runner.run(["systemctl", "reboot", "--no-block"], what="systemctl reboot", check=False,
+               timeout=120)
 
 
 def _save_state(sysroot: Sysroot, osname: str, cfg: AgentConfig, d: AgentDecision,

@@ -19,10 +19,10 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from atomicedge import runner
 from atomicedge.device import etcmerge, faults
 from atomicedge.device.grubenv import GrubEnv
 from atomicedge.device.hardlink import checkout
@@ -347,7 +347,7 @@ def _remove_deployment_dir(sysroot: Sysroot, d: Deployment) -> None:
     ddir = sysroot.deployment_dir(d)
     sysroot.origin_path(d).unlink(missing_ok=True)
     if ddir.exists():
-        subprocess.run(["chattr", "-i", str(ddir)], capture_output=True)
+        _unset_immutable(ddir)
         trash = ddir.with_name(f".{d.name}.trash")
         shutil.rmtree(trash, ignore_errors=True)
         os.rename(ddir, trash)
@@ -393,9 +393,15 @@ def cleanup(sysroot: Sysroot, prune: bool = True) -> dict[str, int]:
     return {"deployments": removed, "objects": pruned}
 
 
+def _unset_immutable(p: Path) -> None:
+    """ostree marks deployment roots immutable (``chattr +i``); lift it before removal."""
+    if shutil.which("chattr"):
+        runner.run(["chattr", "-i", str(p)], what=f"chattr -i {p}", check=False, timeout=60)
+
+
 def _force_rmtree(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
-        subprocess.run(["chattr", "-i", str(p)], capture_output=True)
+        _unset_immutable(p)
         shutil.rmtree(p)
     else:
         p.unlink()

@@ -11,11 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from atomicedge import runner
 from atomicedge.device import deploy as dp
 from atomicedge.device import ops
 from atomicedge.device.decision import BootDecision, BootFacts, decide_boot
@@ -121,5 +121,6 @@ def health_check(sysroot: Sysroot, root: Path = Path("/"), clock: Clock = _now,
     record(sysroot, facts, d, health, now)
     if d.reboot and reboot:
         log("rebooting to try again")
-        subprocess.run(["systemctl", "reboot", "--no-block"], check=False)
+        runner.run(["systemctl", "reboot", "--no-block"], what="systemctl reboot", check=False,
+                   timeout=120)
     return d

@@ -14,25 +14,22 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from atomicedge import runner
 from atomicedge.errors import ToolError
 
 log = logging.getLogger(__name__)
+GPG_TIMEOUT = 120.0  # seconds; signing, verifying and key generation are all quick
 
 
 def _run(cmd: list[str], *, data: bytes | None = None, env: dict[str, str] | None = None,
          check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    log.info("running: %s", " ".join(cmd))
     try:
-        proc = subprocess.run(cmd, input=data, capture_output=True, env=env, timeout=120)
-    except FileNotFoundError:
-        raise ToolError(f"{cmd[0]} is not installed", "apt-get install gnupg gpgv") from None
-    except subprocess.TimeoutExpired:
-        raise ToolError(f"{cmd[0]} timed out") from None
-    if check and proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip()
-        last = err.splitlines()[-1] if err else f"exit {proc.returncode}"
-        raise ToolError(f"{cmd[0]} failed: {last}", stderr=err)
-    return proc
+        return runner.run_bytes(cmd, what=cmd[0], data=data, env=env, check=check,
+                                timeout=GPG_TIMEOUT)
+    except ToolError as exc:
+        if "is not installed" in exc.message:
+            raise ToolError(exc.message, "apt-get install gnupg gpgv") from None
+        raise
 
 
 def sign_detached(data: bytes, key_id: str, homedir: Path | None = None) -> bytes:
