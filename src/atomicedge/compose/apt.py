@@ -101,7 +101,7 @@ class AptState:
 
     def update(self) -> None:
         tool.run(["apt-get", "-q", "update", *self.options()], what="apt-get update",
-                 hint="check the sources / network (or use --offline-repo)")
+                 hint="check the sources / network (or use --offline-repo)", timeout=1800)
 
     def release_hashes(self) -> dict[str, str]:
         """sha256 of every Release/InRelease file fetched: the sources' identity for the cache."""

@@ -17,6 +17,8 @@ from atomicedge import runner as tool
 from atomicedge.compose.apt import AptState
 
 AUTOMOUNT_HOOKS = Path("/usr/share/mmdebstrap/hooks/file-mirror-automount")
+# a whole image build (download, unpack, configure) on a busy 2-core machine: well above it
+MMDEBSTRAP_TIMEOUT = 3600.0
 # dracut must build a generic initramfs (the build host is not the device); Debian's
 # ostree-boot adds its 98ostree module through /etc/dracut.conf.d/ostree.conf
 DRACUT_CONF = 'hostonly="no"\nhostonly_cmdline="no"\n'
@@ -64,7 +66,8 @@ def build_tree(state: AptState, suite: str, includes: list[str], target: Path) -
     argv += [suite, str(target), str(src_file)]
     try:
         tool.run(argv, what="mmdebstrap", env={**os.environ, "INITRD": "No"},
-                 hint="see the apt error above; --verbose shows the command")
+                 hint="see the apt error above; --verbose shows the command",
+                 timeout=MMDEBSTRAP_TIMEOUT)
     except BaseException:
         remove_tree(target)
         raise
