@@ -18,7 +18,7 @@ from atomicedge.device import fetch
 from atomicedge.device.grubenv import GrubEnv
 from atomicedge.device.origin import Origin
 from atomicedge.device.sysroot import Deployment, Sysroot, init_fs, os_init
-from atomicedge.errors import NotFoundError, UsageError
+from atomicedge.errors import CorruptionError, NotFoundError, UsageError
 from atomicedge.ostree.objects import CHECKSUM_RE, ObjectType
 from atomicedge.remote import config as remotes
 
@@ -92,9 +92,13 @@ def deployment_json(sysroot: Sysroot, d: Deployment, booted: Deployment | None) 
         origin: str | None = sysroot.load_origin(d).refspec
     except Exception:
         origin = None
+    try:
+        pinned: bool | None = sysroot.is_pinned(d)
+    except CorruptionError:
+        pinned = None  # status still lists it; every operation that needs it refuses
     return {"id": d.id, "osname": d.osname, "serial": d.serial, "checksum": d.csum,
             "version": version, "timestamp": timestamp, "origin": origin,
-            "booted": d.same(booted), "staged": d.staged, "pinned": sysroot.is_pinned(d)}
+            "booted": d.same(booted), "staged": d.staged, "pinned": pinned}
 
 
 def status(sysroot: Sysroot) -> dict[str, Any]:
@@ -149,6 +153,8 @@ def format_status(st: dict[str, Any], verbose: bool = False) -> str:
             tags.append("rollback")
         if d["pinned"]:
             tags.append("pinned")
+        elif d["pinned"] is None:
+            tags.append("pin state unknown: origin file damaged")
         suffix = f" ({', '.join(tags)})" if tags else ""
         lines.append(f"{mark} {d['origin'] or '(no origin)'}{suffix}")
         lines.append(f"    Version: {d['version'] or '-'}")

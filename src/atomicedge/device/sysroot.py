@@ -33,6 +33,7 @@ from atomicedge.device import bls, faults
 from atomicedge.device.origin import Origin
 from atomicedge.errors import CorruptionError, NotFoundError, UsageError
 from atomicedge.fsutil import atomic_symlink, atomic_write, fsync_dir, syncfs
+from atomicedge.ostree.keyfile import KeyFile
 from atomicedge.ostree.repo import Repo
 
 DEPLOY_NAME = re.compile(r"^([0-9a-f]{64})\.(\d+)$")
@@ -164,10 +165,24 @@ class Sysroot:
                           tuple(entry.kargs()))
 
     def is_pinned(self, d: Deployment) -> bool:
+        """``[libostree-transient] pinned`` of ``d``'s origin.  An origin that is missing or
+        cannot be read is an error, never "not pinned": cleanup would delete a pinned
+        deployment on a guess."""
+        path = self.origin_path(d)
+        hint = (f"restore {path.name} ([origin] refspec=REMOTE:REF, and [{PIN_GROUP}] "
+                "pinned=true to keep it pinned); nothing was changed")
         try:
-            return self.load_origin(d).keyfile.get_bool(PIN_GROUP, "pinned", False)
-        except Exception:
-            return False
+            return KeyFile.load(path).get_bool(PIN_GROUP, "pinned", False)
+        except FileNotFoundError:
+            raise CorruptionError(f"{path}: origin file is missing, so whether deployment "
+                                  f"{d.id} is pinned is unknown", hint) from None
+        except CorruptionError as exc:
+            raise CorruptionError(f"cannot tell whether deployment {d.id} is pinned: "
+                                  f"{exc.message}", hint) from None
+        except OSError as exc:
+            raise CorruptionError(f"{path}: cannot read the origin file ({exc.strerror}), so "
+                                  f"whether deployment {d.id} is pinned is unknown",
+                                  hint) from None
 
     def booted(self, deps: list[Deployment] | None = None) -> Deployment | None:
         """The deployment ``/`` is (only on a running device: ``/run/ostree-booted``)."""
