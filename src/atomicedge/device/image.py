@@ -1,8 +1,10 @@
 """Put the device agent into an OS tree: units, timers, generator, CLI wrapper, defaults.
 
-The image builder calls :func:`install_device_files` on the tree it is about to commit (the
-test trees do the same), so every image carries the finalize unit, the health-check unit,
-the agent timers and ``/usr/etc/atomicedge/agent.toml``.
+The image builder calls :func:`install_device_files` on the tree before the blueprint's
+customizations (the test trees do the same), so every image carries the finalize unit, the
+health-check unit, the agent timers, greenboot's directories and
+``/etc/atomicedge/agent.toml``; the code itself (the device closure) is copied in by
+``atomicedge.compose.closure``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+
+from atomicedge.workload.install import install_workload_files
 
 UNITS_DIR = Path(__file__).parent / "units"
 UNITS = ("atomicedge-finalize-staged.service", "atomicedge-healthcheck.service",
@@ -37,11 +41,10 @@ def install_device_files(tree: Path, agent_toml: str | None = None) -> None:
     gen.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(UNITS_DIR / "atomicedge-generator.sh", gen / "atomicedge-generator")
     os.chmod(gen / "atomicedge-generator", 0o755)
+    install_workload_files(tree)  # Quadlet's system and user generators
     wrapper = tree / "usr" / "bin" / "atomicedge"
     shutil.copyfile(UNITS_DIR / "atomicedge.sh", wrapper)
     os.chmod(wrapper, 0o755)
-    for d in ("python", "site"):
-        (tree / "usr" / "lib" / "atomicedge" / d).mkdir(parents=True, exist_ok=True)
     etc = tree / "usr" / "etc" if (tree / "usr" / "etc").is_dir() else tree / "etc"
     (etc / "atomicedge").mkdir(parents=True, exist_ok=True)
     toml = agent_toml if agent_toml is not None else (UNITS_DIR / "agent.toml").read_text()
