@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 DEFAULT_MAX_BOOT_ATTEMPTS = 3
+GREENBOOT_CONF = "greenboot/greenboot.conf"   # below an /etc
 FALLBACK_MESSAGE = "FALLBACK BOOT DETECTED! Default deployment has been rolled back."
 FALLBACK_UNHEALTHY = "FALLBACK BOOT DETECTED but SYSTEM is still UNHEALTHY. " \
     "Manual intervention necessary."
@@ -59,6 +60,37 @@ def _is_int(s: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def conf_values(text: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a shell-style conf (greenboot.conf), quotes around values removed."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s.startswith("#") or "=" not in s:
+            continue
+        k, _, v = s.partition("=")
+        v = v.strip()
+        if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+            v = v[1:-1]
+        values[k.strip()] = v
+    return values
+
+
+def max_boot_attempts(text: str) -> tuple[int, str | None]:
+    """``GREENBOOT_MAX_BOOT_ATTEMPTS`` of a greenboot.conf: (attempts, problem or None).
+
+    Unset means greenboot's default of 3; a value that is not a whole number >= 1 also gives
+    the default, with the problem described so the caller can log it (a bad conf must not
+    stop an update from being armed at shutdown).
+    """
+    raw = conf_values(text).get("GREENBOOT_MAX_BOOT_ATTEMPTS")
+    if raw is None or raw == "":
+        return DEFAULT_MAX_BOOT_ATTEMPTS, None
+    if raw.isdigit() and int(raw) >= 1:
+        return int(raw), None
+    return DEFAULT_MAX_BOOT_ATTEMPTS, (f"GREENBOOT_MAX_BOOT_ATTEMPTS={raw!r} is not a whole "
+                                       f"number >= 1; using {DEFAULT_MAX_BOOT_ATTEMPTS}")
 
 
 # --- boot decision --------------------------------------------------------------------------
@@ -137,8 +169,8 @@ def decide_boot(facts: BootFacts, health: HealthResult, now: dt.datetime) -> Boo
         msgs.append(FALLBACK_UNHEALTHY)
         reboot = False
     elif armed and facts.n_deployments > 1:
-        msgs.append(f"SYSTEM is UNHEALTHY. Rebooting ({facts.boot_counter} attempts left "
-                    "before fallback)")
+        msgs.append(f"SYSTEM is UNHEALTHY. Rebooting ({facts.boot_counter} of "
+                    f"{facts.max_boot_attempts} attempts left before fallback)")
         reboot = True
     else:
         msgs.append("SYSTEM is UNHEALTHY, but no update is on trial (boot_counter unset). "

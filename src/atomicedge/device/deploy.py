@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from atomicedge import runner
 from atomicedge.device import etcmerge, faults
+from atomicedge.device.decision import DEFAULT_MAX_BOOT_ATTEMPTS, GREENBOOT_CONF, max_boot_attempts
 from atomicedge.device.grubenv import GrubEnv
 from atomicedge.device.hardlink import checkout
 from atomicedge.device.origin import Origin
@@ -34,7 +36,8 @@ from atomicedge.ostree.objects import ObjectType
 from atomicedge.ostree.walk import reachable
 
 STAGED_REF = "atomicedge/staged"
-MAX_BOOT_ATTEMPTS = 3
+MAX_BOOT_ATTEMPTS = DEFAULT_MAX_BOOT_ATTEMPTS
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +47,7 @@ class StagedState:
     bootcsum: str
     kargs: list[str]
     merge: str | None      # <csum>.<serial> of the merge deployment
+    # read by older versions; the counter now follows greenboot.conf at finalize time
     boot_attempts: int = MAX_BOOT_ATTEMPTS
 
     @property
@@ -214,19 +218,35 @@ def deploy(sysroot: Sysroot, osname: str, csum: str, origin: Origin,
         d = prepare(sysroot, osname, csum, origin, kargs)
         merge_etc(sysroot, d, merge)
         if arm_counter:
-            arm_boot_counter(sysroot)
+            arm_boot_counter(sysroot, d)
         sysroot.write_deployments(new_list(sysroot, d, deps, merge))
         _clear_staged(sysroot)
     return d
 
 
-def arm_boot_counter(sysroot: Sysroot, attempts: int = MAX_BOOT_ATTEMPTS) -> None:
+def boot_attempts(sysroot: Sysroot, d: Deployment) -> int:
+    """``GREENBOOT_MAX_BOOT_ATTEMPTS`` of the /etc ``d`` boots with (greenboot's set-counter
+    reads it at the same moment: when the update is armed), default 3."""
+    path = sysroot.deployment_dir(d) / "etc" / GREENBOOT_CONF
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return MAX_BOOT_ATTEMPTS
+    attempts, problem = max_boot_attempts(text)
+    if problem:
+        log.warning("%s: %s", path, problem)
+    return attempts
+
+
+def arm_boot_counter(sysroot: Sysroot, d: Deployment) -> None:
+    """Put ``d`` on trial: the bootloader tries it GREENBOOT_MAX_BOOT_ATTEMPTS times."""
+    attempts = boot_attempts(sysroot, d)
     GrubEnv(sysroot.grubenv_path).update({"boot_counter": str(attempts), "boot_success": "0"})
     faults.step("counter-armed")
 
 
 def stage(sysroot: Sysroot, osname: str, csum: str, origin: Origin,
-          kargs: list[str] | None = None, attempts: int = MAX_BOOT_ATTEMPTS) -> StagedState:
+          kargs: list[str] | None = None) -> StagedState:
     """Prepare ``csum`` and record it as staged; :func:`finalize` applies it at shutdown."""
     with sysroot.lock():
         deps = sysroot.deployments()
@@ -238,7 +258,7 @@ def stage(sysroot: Sysroot, osname: str, csum: str, origin: Origin,
             kargs = list(merge.kargs) if merge else []
         d = prepare(sysroot, osname, csum, origin, kargs)
         state = StagedState(osname, d.name, d.bootcsum, kargs,
-                            merge.name if merge else None, attempts)
+                            merge.name if merge else None)
         sysroot.repo.set_ref(STAGED_REF, csum)
         sysroot.state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(staged_path(sysroot), json.dumps(state.__dict__, indent=1) + "\n")
@@ -263,7 +283,7 @@ def finalize(sysroot: Sysroot) -> Deployment | None:
                                   "run the upgrade again")
         merge = next((x for x in deps if x.name == state.merge), None)
         merge_etc(sysroot, d, merge)
-        arm_boot_counter(sysroot, state.boot_attempts)
+        arm_boot_counter(sysroot, d)
         d.staged = False
         sysroot.write_deployments(new_list(sysroot, d, deps, merge))
         _clear_staged(sysroot)

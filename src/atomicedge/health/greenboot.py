@@ -23,11 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from atomicedge.device.decision import DEFAULT_MAX_BOOT_ATTEMPTS, HealthResult
+from atomicedge.device.decision import (
+    DEFAULT_MAX_BOOT_ATTEMPTS,
+    GREENBOOT_CONF,
+    HealthResult,
+    conf_values,
+    max_boot_attempts,
+)
 
 CHECK_DIRS = ("usr/lib/greenboot/check", "etc/greenboot/check")
 HOOK_DIRS = ("usr/lib/greenboot", "etc/greenboot")
-CONF = "etc/greenboot/greenboot.conf"
+CONF = f"etc/{GREENBOOT_CONF}"
 
 
 @dataclass(frozen=True)
@@ -40,19 +46,13 @@ class Config:
 
 def parse_conf(text: str) -> Config:
     """Shell-style KEY=VALUE file; unknown keys ignored (the watchdog check reads its own)."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        s = line.strip()
-        if not s or s.startswith("#") or "=" not in s:
-            continue
-        k, _, v = s.partition("=")
-        values[k.strip()] = v.strip()
+    values = conf_values(text)
     disabled: list[str] = []
     raw = values.get("DISABLED_HEALTHCHECKS", "").strip()
     if raw.startswith("(") and raw.endswith(")"):
         disabled = shlex.split(raw[1:-1])
     return Config(
-        max_boot_attempts=_num(values, "GREENBOOT_MAX_BOOT_ATTEMPTS", DEFAULT_MAX_BOOT_ATTEMPTS),
+        max_boot_attempts=max_boot_attempts(text)[0],
         disabled=frozenset(disabled),
         check_timeout=float(_num(values, "GREENBOOT_CHECK_TIMEOUT", 300)),
         deadline=float(_num(values, "GREENBOOT_DEADLINE", 900)),
