@@ -135,7 +135,7 @@ def _boot_config(s: Path) -> dict[str, str]:
     (["deploy", "0" * 64], "not found in remote"),
     (["deploy", "no/such/ref"], "no such commit"),
     (["rebase", "nosuchremote:testos/stable"], "remote 'nosuchremote' does not exist"),
-    (["rebase", "origin:no/such/ref"], "not found"),
+    (["rebase", "origin:no/such/ref"], "has no ref 'no/such/ref'"),
 ])
 def test_bad_input_is_one_line_error_and_boot_config_unchanged(
         installed: tuple[Path, Repo, list[str]], argv: list[str], needle: str) -> None:
