@@ -51,6 +51,50 @@ def test_grubenv_written_by_grub_editenv_is_read_by_us(tmp_path: Path) -> None:
     assert _editenv(f, "list").splitlines() == ["boot_success=0", "saved_entry=x y"]
 
 
+# each step: grub-editenv's arguments, and the same change through GrubEnv.update
+EDIT_STEPS: list[tuple[tuple[str, ...], dict[str, str], tuple[str, ...]]] = [
+    (("set", "boot_counter=3", "boot_success=0"), {"boot_counter": "3", "boot_success": "0"},
+     ()),
+    (("set", "saved_entry=Debian GNU/Linux, with 6.1"),
+     {"saved_entry": "Debian GNU/Linux, with 6.1"}, ()),
+    (("set", "boot_counter=2"), {"boot_counter": "2"}, ()),           # in place, not appended
+    (("set", "odd=back\\slash\nnew line"), {"odd": "back\\slash\nnew line"}, ()),
+    (("unset", "boot_counter"), {}, ("boot_counter",)),
+    (("set", "boot_success=1"), {"boot_success": "1"}, ()),
+    (("unset", "odd", "saved_entry"), {}, ("odd", "saved_entry")),
+]
+
+
+def test_grubenv_bytes_equal_grub_editenv_create_set_unset(tmp_path: Path) -> None:
+    """Byte-for-byte, after every step: what grub-editenv writes is what we write."""
+    theirs, ours = tmp_path / "theirs", tmp_path / "ours"
+    _editenv(theirs, "create")
+    grubenv.GrubEnv(ours).write({})
+    assert ours.read_bytes() == theirs.read_bytes()
+    for args, set_, unset in EDIT_STEPS:
+        _editenv(theirs, *args)
+        grubenv.GrubEnv(ours).update(set_, unset)
+        assert ours.read_bytes() == theirs.read_bytes(), args
+
+
+def test_grub_editenv_edits_our_file_and_we_edit_theirs_to_the_same_bytes(
+        tmp_path: Path) -> None:
+    """Both directions, alternating: each tool edits the file the other one wrote."""
+    f, ref = tmp_path / "grubenv", tmp_path / "reference"
+    grubenv.GrubEnv(f).write({})
+    _editenv(ref, "create")
+    for i, (args, set_, unset) in enumerate(EDIT_STEPS):
+        if i % 2:
+            _editenv(f, *args)                     # grub-editenv edits the file we wrote
+        else:
+            grubenv.GrubEnv(f).update(set_, unset)  # we edit the file grub-editenv wrote
+        _editenv(ref, *args)
+        assert f.read_bytes() == ref.read_bytes(), args
+        listed = _editenv(f, "list")
+        assert grubenv.GrubEnv(f).read() == grubenv.decode(ref.read_bytes())
+        assert listed == _editenv(ref, "list")
+
+
 @pytest.mark.parametrize("data", [b"", b"# GRUB Environment Block\n" + b"#" * 10,
                                   b"garbage" + b"#" * 1017,
                                   b"# GRUB Environment Block\nnoequals\n" + b"#" * 989])
