@@ -14,3 +14,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if os.environ.get("CI") == "true" and report.skipped:
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (skips count as failures): {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def gateway_images(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The gateway v1 and v2 edge images composed from examples/ (see tests/images.py)."""
+    from tests.images import shared_gateway
+    return shared_gateway(tmp_path_factory.mktemp("gateway"))

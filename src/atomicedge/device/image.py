@@ -1,8 +1,10 @@
 """Put the device agent into an OS tree: units, timers, generator, CLI wrapper, defaults.
 
-The image builder calls :func:`install_device_files` on the tree it is about to commit (the
-test trees do the same), so every image carries the finalize unit, the health-check unit,
-the agent timers and ``/usr/etc/atomicedge/agent.toml``.
+The image builder calls :func:`install_device_files` on the tree before the blueprint's
+customizations (the test trees do the same), so every image carries the finalize unit, the
+health-check unit, the agent timers, greenboot's directories and
+``/etc/atomicedge/agent.toml``; the code itself (the device closure) is copied in by
+``atomicedge.compose.closure``.
 """
 
 from __future__ import annotations
@@ -43,8 +45,6 @@ def install_device_files(tree: Path, agent_toml: str | None = None) -> None:
     wrapper = tree / "usr" / "bin" / "atomicedge"
     shutil.copyfile(UNITS_DIR / "atomicedge.sh", wrapper)
     os.chmod(wrapper, 0o755)
-    for d in ("python", "site"):
-        (tree / "usr" / "lib" / "atomicedge" / d).mkdir(parents=True, exist_ok=True)
     etc = tree / "usr" / "etc" if (tree / "usr" / "etc").is_dir() else tree / "etc"
     (etc / "atomicedge").mkdir(parents=True, exist_ok=True)
     toml = agent_toml if agent_toml is not None else (UNITS_DIR / "agent.toml").read_text()

@@ -19,7 +19,9 @@ from pathlib import Path
 from atomicedge.errors import ToolError
 from atomicedge.ostree.repo import Repo
 
-BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "libpam-systemd")
+# systemd to boot; python3 and the Debian modules the device closure imports (compose/closure.py)
+BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "libpam-systemd",
+                 "python3-rich", "python3-urllib3", "python3-nacl")
 TREE_FORMAT = "2"  # bump when the preparation below changes
 KVER = "6.1.0-atomicedge"
 
@@ -149,9 +151,11 @@ WantedBy=multi-user.target
 def lab_tree(workdir: Path, version: str, *, agent_toml: str | None = None,
              files: dict[str, tuple[str, int]] | None = None) -> Path:
     """An ostree-ready tree with the device agent, the seed's health check and the driver."""
+    from atomicedge.compose import closure
     from atomicedge.device.image import install_device_files
     tree = ostreeify(base_tree(), workdir / f"tree-{version}", version=version)
     install_device_files(tree, agent_toml)
+    closure.install(tree)
     extra = {
         "usr/etc/greenboot/check/required.d/01_check_upgrade.sh": (CHECK_UPGRADE, 0o755),
         "usr/libexec/atomicedge-lab/driver.sh": (DRIVER, 0o755),

@@ -1,5 +1,3 @@
 #!/bin/sh
-# atomicedge entry point inside the image. Python code is looked up in the image first, then
-# in /usr/lib/atomicedge/{python,site} (bind-mounted by the nspawn test harness).
-export PYTHONPATH="/usr/lib/atomicedge/python:/usr/lib/atomicedge/site${PYTHONPATH:+:$PYTHONPATH}"
+# atomicedge on the device: the device closure shipped by the image builder, on Debian's python3.
 exec /usr/bin/python3 -m atomicedge.cli.main "$@"
