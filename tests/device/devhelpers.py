@@ -43,15 +43,40 @@ def commit_tiny(repo: Repo, workdir: Path, version: str, ref: str = "testos/stab
 
 
 def ostree_status_ids(sysroot: Path) -> list[str]:
-    """Deployments as real ``ostree admin status`` lists them: ['os csum.serial', ...]."""
+    """Deployments as real ``ostree admin status`` lists them, with their markers."""
     out = subprocess.run(["ostree", "admin", f"--sysroot={sysroot}", "status"],
                          capture_output=True, text=True, check=True).stdout
-    ids = []
+    return parse_ostree_status(out)
+
+
+def status_id(dep_id: str, *, booted: bool, pinned: bool, staged: bool) -> str:
+    """``os-csum.serial`` plus the markers both status outputs must agree on."""
+    marks = [m for m, on in (("booted", booted), ("pinned", pinned), ("staged", staged)) if on]
+    return " ".join([dep_id, *marks])
+
+
+def parse_ostree_status(out: str) -> list[str]:
+    """``ostree admin status`` text -> ['os-csum.serial booted pinned staged', ...].
+
+    A deployment line is ``[* ]OS CSUM.SERIAL [(staged|pending|rollback)]``; ``*`` marks the
+    booted one; ``Pinned: yes`` (2022.7; older versions print ``(pinned)``) follows it."""
+    entries: list[dict[str, object]] = []
     for line in out.splitlines():
-        parts = line.replace("*", " ").split()
-        if len(parts) >= 2 and "." in parts[1] and len(parts[1].split(".")[0]) == 64:
-            ids.append(f"{parts[0]}-{parts[1]}")
-    return ids
+        parts = line.replace("*", " ", 1).split() if line.startswith("*") else line.split()
+        if (not line.startswith("    ") and len(parts) >= 2 and "." in parts[1]
+                and len(parts[1].split(".")[0]) == 64):
+            entries.append({"id": f"{parts[0]}-{parts[1]}", "booted": line.startswith("*"),
+                            "staged": "(staged)" in line, "pinned": "(pinned)" in line})
+        elif entries and line.strip().lower() == "pinned: yes":
+            entries[-1]["pinned"] = True
+    return [status_id(str(e["id"]), booted=bool(e["booted"]), pinned=bool(e["pinned"]),
+                      staged=bool(e["staged"])) for e in entries]
+
+
+def parse_our_status(json_text: str) -> list[str]:
+    """``atomicedge device status --json`` -> the same form as :func:`parse_ostree_status`."""
+    return [status_id(d["id"], booted=d["booted"], pinned=bool(d["pinned"]),
+                      staged=d["staged"]) for d in json.loads(json_text)["deployments"]]
 
 
 def our_status_ids(sysroot: Path) -> list[str]:
@@ -62,4 +87,4 @@ def our_status_ids(sysroot: Path) -> list[str]:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert main(["device", "status", "--json", "--sysroot", str(sysroot)]) == 0
-    return [d["id"] for d in json.loads(buf.getvalue())["deployments"] if not d["staged"]]
+    return parse_our_status(buf.getvalue())

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from devhelpers import commit_tiny, ostree_status_ids, our_status_ids
+from devhelpers import (
+    commit_tiny,
+    ostree_status_ids,
+    our_status_ids,
+    parse_ostree_status,
+    parse_our_status,
+    tiny_tree,
+)
 
 from atomicedge.cli.main import main
 from atomicedge.device import deploy as dp
 from atomicedge.device import ops
 from atomicedge.device import sysroot as sr
 from atomicedge.device.origin import Origin
+from atomicedge.ostree.commit import commit_directory
+from atomicedge.ostree.gvariant import Variant
 from atomicedge.ostree.repo import Repo
 
 
@@ -201,3 +213,68 @@ def test_freshly_initialised_sysroot_has_no_deployments_for_both(
     sysroot, _w = tiny_sysroot
     assert our_status_ids(sysroot.path) == ostree_status_ids(sysroot.path) == []
     assert (sysroot.stateroot("testos") / "var" / "tmp").stat().st_mode & 0o1777 == 0o1777
+
+
+# -- the markers of a booted system: real ostree and we, both inside the booted root ---------
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _rootable_commit(repo: Repo, workdir: Path, version: str) -> str:
+    """A tiny tree that can be a ``/``: the mount points and merged-/usr links of an image."""
+    tree = tiny_tree(workdir / f"root-{version}", version, kernel=f"kernel-{version}")
+    for d in ("sysroot", "run", "proc", "dev", "boot", "tmp", "usr/lib64", "usr/sbin"):
+        (tree / d).mkdir(exist_ok=True)
+    for name, target in (("ostree", "sysroot/ostree"), ("bin", "usr/bin"), ("lib", "usr/lib"),
+                         ("lib64", "usr/lib64"), ("sbin", "usr/sbin")):
+        os.symlink(target, tree / name)
+    return commit_directory(repo, tree, branch="testos/stable", subject=f"v{version}",
+                            metadata={"version": Variant("s", version)})
+
+
+def _as_booted(s: Path, deployment: Path, *argv: str) -> str:
+    """Run ``argv`` with ``deployment`` as ``/`` the way a booted device has it: the sysroot
+    at /sysroot (/ostree -> sysroot/ostree), its /boot, /run/ostree-booted.  A private mount
+    namespace + chroot stands in for the boot (nothing of it outlives the command); the host's
+    /usr supplies the programs, this checkout of atomicedge is bound at /run/ae."""
+    script = "\n".join([
+        "set -e", "mount --make-rprivate /",
+        f"mount --bind {s} {deployment}/sysroot", f"mount --bind {s}/boot {deployment}/boot",
+        f"mount --bind /usr {deployment}/usr", f"mount -t tmpfs tmpfs {deployment}/run",
+        f"touch {deployment}/run/ostree-booted", f"mkdir {deployment}/run/ae",
+        f"mount --bind {REPO_ROOT} {deployment}/run/ae",
+        f"mount --rbind /proc {deployment}/proc", f"mount --rbind /dev {deployment}/dev",
+        f"exec chroot {deployment} env PYTHONPATH=/run/ae/src {shlex.join(argv)}"])
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_booted_pinned_and_pending_markers_agree_with_real_ostree_on_a_booted_root(
+        tmp_path: Path) -> None:
+    src = Repo.init(tmp_path / "src", "archive")
+    v1 = _rootable_commit(src, tmp_path, "1")
+    s = tmp_path / "s"
+    rc, _out, err = _cli("device", "install", "--sysroot", str(s), "--osname", "testos",
+                         "--url", f"file://{src.path}", "--ref", "testos/stable")
+    assert rc == 0, err
+    v2 = _rootable_commit(src, tmp_path, "2")
+    assert _cli("device", "upgrade", "--sysroot", str(s))[0] == 0
+    assert _cli("device", "pin", "1", "--sysroot", str(s))[0] == 0
+    sysroot = sr.Sysroot.open(s)
+    deps = sysroot.deployments()
+    assert [d.csum for d in deps] == [v2, v1]
+    venv_python = f"/run/ae/{Path(sys.executable).relative_to(REPO_ROOT)}"
+    ours_cmd = (venv_python, "-m", "atomicedge.cli.main", "device", "status", "--json",
+                "--sysroot", "/")
+    seen = []
+    for booted in reversed(deps):  # boot the rollback (v1, pinned), then the default (v2)
+        ddir = sysroot.deployment_dir(booted)
+        theirs = parse_ostree_status(_as_booted(s, ddir, "ostree", "admin", "status"))
+        ours = parse_our_status(_as_booted(s, ddir, *ours_cmd))
+        assert ours == theirs
+        seen.append(ours)
+    assert seen[0] == [deps[0].id, f"{deps[1].id} booted pinned"]
+    assert seen[1] == [f"{deps[0].id} booted", f"{deps[1].id} pinned"]
+    assert our_status_ids(s) == ostree_status_ids(s) == [deps[0].id, f"{deps[1].id} pinned"]
