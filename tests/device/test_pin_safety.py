@@ -82,7 +82,7 @@ def test_cleanup_never_deletes_a_deployment_whose_pin_state_is_unreadable(
 @pytest.mark.parametrize("how", ["stray-line", "missing"])
 def test_upgrade_refuses_to_drop_a_deployment_whose_pin_state_is_unreadable(
         pinned_rollback: tuple[Path, Repo, str], tmp_path: Path, how: str) -> None:
-    s, src, pinned_id = pinned_rollback
+    s, src, _pinned_id = pinned_rollback
     _damage(s, how)
     commit_tiny(src, tmp_path, "3")
     before = _ids(s)
