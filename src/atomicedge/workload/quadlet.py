@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -260,14 +261,31 @@ def dryrun_text(result: Result) -> str:
 
 # -- the generator's command line -------------------------------------------------------------
 
+def _is_kmsg(path: str) -> bool:
+    """The kernel log device itself (in an nspawn container /dev/kmsg leads nowhere)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 11)
+
+
 class _Log:
+    """Quadlet logs to /dev/kmsg, the only log a generator has (systemd gives generators no
+    stderr). A container has no /dev/kmsg: there the console is used, so the errors show up
+    on the device's console instead of vanishing."""
+
     def __init__(self, use_kmsg: bool) -> None:
         self.kmsg = None
         if use_kmsg:
-            try:
-                self.kmsg = open("/dev/kmsg", "w")  # noqa: SIM115 - kept for the whole run
-            except OSError:
-                self.kmsg = None
+            for dev in ("/dev/kmsg", "/dev/console"):
+                if dev == "/dev/kmsg" and not _is_kmsg(dev):
+                    continue
+                try:
+                    self.kmsg = open(dev, "w")  # noqa: SIM115 - kept for the whole run
+                    break
+                except OSError:
+                    self.kmsg = None
 
     def __call__(self, msg: str) -> None:
         line = f"quadlet-generator[{os.getpid()}]: {msg}"
