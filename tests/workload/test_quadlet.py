@@ -320,11 +320,10 @@ def test_template_default_instance_and_alias_symlinks(tmp_path: Path) -> None:
 
 
 def test_install_puts_generators_where_systemd_runs_them(tmp_path: Path) -> None:
-    from atomicedge.device.image import install_device_files
+    from atomicedge.workload.install import install_workload_files
     tree = tmp_path / "tree"
     (tree / "usr/etc").mkdir(parents=True)
-    (tree / "usr/bin").mkdir(parents=True)
-    install_device_files(tree)
+    install_workload_files(tree)
     for rel, flag in (("usr/lib/systemd/system-generators/podman-system-generator", ""),
                       ("usr/lib/systemd/user-generators/podman-user-generator", "-user")):
         path = tree / rel

@@ -13,8 +13,6 @@ import os
 import shutil
 from pathlib import Path
 
-from atomicedge.workload.install import install_workload_files
-
 UNITS_DIR = Path(__file__).parent / "units"
 UNITS = ("atomicedge-finalize-staged.service", "atomicedge-healthcheck.service",
          "atomicedge-agent.service", "atomicedge-agent.timer", "atomicedge-apply.timer")
@@ -41,7 +39,6 @@ def install_device_files(tree: Path, agent_toml: str | None = None) -> None:
     gen.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(UNITS_DIR / "atomicedge-generator.sh", gen / "atomicedge-generator")
     os.chmod(gen / "atomicedge-generator", 0o755)
-    install_workload_files(tree)  # Quadlet's system and user generators
     wrapper = tree / "usr" / "bin" / "atomicedge"
     shutil.copyfile(UNITS_DIR / "atomicedge.sh", wrapper)
     os.chmod(wrapper, 0o755)
