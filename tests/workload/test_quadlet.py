@@ -215,6 +215,9 @@ def test_unknown_key_refused_with_file_and_line(app_dir: Path, tmp_path: Path) -
     ("Image=x\n", "bad.container:1: key 'Image' before any [group]"),
     ("[Quadlet]\nFoo=1\n[Container]\nImage=x\n", "bad.container:2: unsupported key 'Foo' in "
      "group 'Quadlet'"),
+    ("[Container]\nImage=app.image\n", "bad.container:2: Image=app.image: .image and .build "
+     "files are not supported"),
+    ("[Container]\nImage=x\nExec=echo 'a\\.b'\n", "bad.container:3: unsupported escape \\."),
 ])
 def test_bad_files_are_refused_with_the_reason(tmp_path: Path, text: str, expect: str) -> None:
     d = write(tmp_path / "q", {"bad.container": text})
@@ -355,3 +358,19 @@ def test_podman_defaults_settings_and_subordinate_ids(tmp_path: Path) -> None:
     (tree / "etc/subgid").write_text("garbage line\n")
     with pytest.raises(Exception, match=r"/etc/subgid:1: not a name:start:count line"):
         podman_defaults.install_podman_defaults(tree, ["core"])
+
+
+def test_volume_ids_by_name_and_refused_image_driver(tmp_path: Path) -> None:
+    d = write(tmp_path / "q", {"v.volume": "[Volume]\nUser=root\nGroup=0\nDevice=/dev/vda1\n"
+                                           "Type=btrfs\nOptions=rw,compress=zstd\nCopy=no\n",
+                               "i.volume": "[Volume]\nDriver=image\n",
+                               "c.container": "[Container]\nImage=x\nCgroupsMode=no-conmon\n"})
+    result = quadlet.generate(False, dirs=[str(d)])
+    script = exec_start(result.units["v-volume.service"])[2]
+    assert "volume create --opt nocopy --opt device=/dev/vda1 --opt type=btrfs --opt " \
+        "o=uid=0,gid=0,rw,compress=zstd systemd-v" in script
+    assert result.errors == [f"{d}/i.volume:2: Driver=image needs a newer podman than Debian "
+                             "12's 4.3.1 (hint: mount the image's content with a container "
+                             "instead)"]
+    args = exec_start(result.units["c.service"])
+    assert ("--cgroups", "no-conmon") in list(itertools.pairwise(args))  # explicit mode wins

@@ -17,7 +17,9 @@ supported here; the differences are what Debian 12's podman 4.3.1 inside an nspa
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shlex
 from dataclasses import dataclass
 
@@ -250,6 +252,9 @@ def convert_container(unit: UnitFile, units: dict[str, UnitInfo], is_user: bool)
                            "add Image=registry.example/app:tag to [Container]")
     if image and rootfs:
         raise _fail(unit, "Container", "Rootfs", "the Image and Rootfs keys conflict")
+    if image and image.endswith((".image", ".build")):
+        raise _fail(unit, "Container", "Image", f"Image={image}: .image and .build files are "
+                    "not supported by atomicedge", "name the image itself (registry/name:tag)")
     name = container_name(unit)
     service.add("Service", "Environment", "PODMAN_SYSTEMD_UNIT=%n")
     kill_mode = service.lookup("Service", "KillMode")
@@ -292,7 +297,10 @@ def _container_flags(unit: UnitFile, service: UnitFile, units: dict[str, UnitInf
         args += ["--log-driver", driver]
     for opt in unit.lookup_all_strv(g, "LogOpt"):
         args += ["--log-opt", opt]
-    args.append(f"--cgroups={unit.lookup(g, 'CgroupsMode') or 'disabled'}")
+    if mode := unit.lookup(g, "CgroupsMode"):
+        args += ["--cgroups", mode]
+    else:
+        args.append("--cgroups=disabled")  # Quadlet: --cgroups=split (see module doc)
     if (entry := unit.lookup(g, "Entrypoint")) is not None:
         args.append(f"--entrypoint={entry}")
     for key, flag in _STRING_FLAGS:
@@ -454,15 +462,20 @@ def _oneshot(service: UnitFile) -> None:
         service.set("Service", "RemainAfterExit", "yes")
 
 
-def _numeric(unit: UnitFile, group: str, key: str) -> int | None:
+def _host_id(unit: UnitFile, group: str, key: str) -> int | None:
+    """A numeric id, or a user/group name of the system the generator runs on."""
     value = unit.lookup(group, key)
     if value is None:
         return None
     try:
         return int(value, 0)
     except ValueError:
-        raise _fail(unit, group, key, f"{key}={value} is not a number",
-                    f"{key}= takes a numeric id") from None
+        pass
+    try:
+        return pwd.getpwnam(value).pw_uid if key == "User" else grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise _fail(unit, group, key, f"{key}={value}: no such {key.lower()} on this system",
+                    f"{key}= takes a numeric id or an existing name") from None
 
 
 def convert_volume(unit: UnitFile, units: dict[str, UnitInfo], is_user: bool) -> UnitFile:
@@ -472,10 +485,13 @@ def convert_volume(unit: UnitFile, units: dict[str, UnitInfo], is_user: bool) ->
     podman = _podman(unit, g)
     args = [*podman, "volume", "create"]
     if (driver := unit.lookup(g, "Driver")) is not None:
+        if driver == "image":
+            raise _fail(unit, g, "Driver", "Driver=image " + _NEWER,
+                        "mount the image's content with a container instead")
         args += ["--driver", driver]
     opts: list[str] = []
     for key, opt in (("User", "uid"), ("Group", "gid")):
-        if (num := _numeric(unit, g, key)) is not None:
+        if (num := _host_id(unit, g, key)) is not None:
             opts.append(f"{opt}={num}")
     if (copy := unit.lookup_bool(g, "Copy")) is not None:
         args += ["--opt", "copy" if copy else "nocopy"]
