@@ -374,3 +374,16 @@ def test_volume_ids_by_name_and_refused_image_driver(tmp_path: Path) -> None:
                              "instead)"]
     args = exec_start(result.units["c.service"])
     assert ("--cgroups", "no-conmon") in list(itertools.pairwise(args))  # explicit mode wins
+
+
+def test_short_image_names_and_service_user_are_warnings_not_errors(tmp_path: Path) -> None:
+    d = write(tmp_path / "q", {"a.container": "[Container]\nImage=busybox\n[Service]\nUser=x\n",
+                               "b.container": "[Container]\nImage=localhost/bb:1\n",
+                               "c.container": "[Container]\nImage=" + "ab" * 32 + "\n"})
+    result = quadlet.generate(False, dirs=[str(d)])
+    assert sorted(result.units) == ["a.service", "b.service", "c.service"]
+    assert result.errors == []
+    assert len(result.warnings) == 2
+    assert "using key User in the Service group is not supported" in result.warnings[0]
+    assert 'a.container specifies the image "busybox" which not a fully qualified' \
+        in result.warnings[1]

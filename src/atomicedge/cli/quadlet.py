@@ -31,6 +31,8 @@ def cmd_quadlet(args: argparse.Namespace) -> int:
         sys.stdout.write(quadlet.dryrun_text(result))
     else:
         quadlet.write_output(result, str(args.output))
+    for warning in result.warnings:
+        print(warning.replace("Warning: ", "warning: ", 1), file=sys.stderr)
     for err in result.errors:
         print(f"error: {err}", file=sys.stderr)
     if not result.units and not result.errors:

@@ -314,6 +314,31 @@ def _container_flags(unit: UnitFile, service: UnitFile, units: dict[str, UnitInf
             args.append(_bool_flag(flag, b))
     args += _networks(unit, service, units)
     args += _notify(unit, service)
+    args += _security_flags(unit)
+    args += _user(unit) + _user_maps(unit) + _volumes(unit, service, units)
+    if update := unit.lookup(g, "AutoUpdate"):
+        args += ["--label", f"{AUTOUPDATE_LABEL}={update}"]
+    for port in unit.lookup_all(g, "ExposeHostPort"):
+        args += ["--expose", port.strip()]
+    for port in unit.lookup_all(g, "PublishPort"):
+        args += ["--publish", port]
+    args += _keyvals("--env", unit.lookup_all_keyval(g, "Environment"))
+    args += _keyvals("--label", unit.lookup_all_keyval(g, "Label"))
+    args += _keyvals("--annotation", unit.lookup_all_keyval(g, "Annotation"))
+    args += [a for m in unit.lookup_all_args(g, "Mask") for a in ("--security-opt", f"mask={m}")]
+    args += [a for m in unit.lookup_all_args(g, "Unmask")
+             for a in ("--security-opt", f"unmask={m}")]
+    for env_file in unit.lookup_all_args(g, "EnvironmentFile"):
+        args += ["--env-file", _abs_path(unit, env_file)]
+    args += [a for s in unit.lookup_all_args(g, "Secret") for a in ("--secret", s)]
+    for key, name in _HEALTH:
+        if value := unit.lookup(g, key):
+            args += [f"--health-{name}", value]
+    return args
+
+
+def _security_flags(unit: UnitFile) -> list[str]:
+    g, args = "Container", []
     if unit.lookup_bool(g, "NoNewPrivileges"):
         args.append("--security-opt=no-new-privileges")
     for dev in unit.lookup_all_strv(g, "AddDevice"):
@@ -334,25 +359,6 @@ def _container_flags(unit: UnitFile, service: UnitFile, units: dict[str, UnitInf
         args.append(_bool_flag("--read-only", read_only))
     if unit.lookup_bool(g, "VolatileTmp") and not read_only:
         args += ["--tmpfs", "/tmp:rw,size=512M,mode=1777"]
-    args += _user(unit) + _user_maps(unit) + _volumes(unit, service, units)
-    if update := unit.lookup(g, "AutoUpdate"):
-        args += ["--label", f"{AUTOUPDATE_LABEL}={update}"]
-    for port in unit.lookup_all(g, "ExposeHostPort"):
-        args += ["--expose", port.strip()]
-    for port in unit.lookup_all(g, "PublishPort"):
-        args += ["--publish", port]
-    args += _keyvals("--env", unit.lookup_all_keyval(g, "Environment"))
-    args += _keyvals("--label", unit.lookup_all_keyval(g, "Label"))
-    args += _keyvals("--annotation", unit.lookup_all_keyval(g, "Annotation"))
-    args += [a for m in unit.lookup_all_args(g, "Mask") for a in ("--security-opt", f"mask={m}")]
-    args += [a for m in unit.lookup_all_args(g, "Unmask")
-             for a in ("--security-opt", f"unmask={m}")]
-    for env_file in unit.lookup_all_args(g, "EnvironmentFile"):
-        args += ["--env-file", _abs_path(unit, env_file)]
-    args += [a for s in unit.lookup_all_args(g, "Secret") for a in ("--secret", s)]
-    for key, name in _HEALTH:
-        if value := unit.lookup(g, key):
-            args += [f"--health-{name}", value]
     return args
 
 

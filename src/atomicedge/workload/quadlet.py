@@ -39,6 +39,7 @@ class Result:
     units: dict[str, str] = field(default_factory=dict)
     symlinks: dict[str, str] = field(default_factory=dict)  # relative link path -> target
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
 
 
@@ -192,6 +193,30 @@ def load_dropins(unit: UnitFile, dirs: list[str], result: Result) -> None:
 
 # -- generating -------------------------------------------------------------------------------
 
+def _fully_qualified(image: str) -> bool:
+    """Quadlet's test: an image id, or a name whose first component is a registry."""
+    if image.startswith("sha256:") or re.fullmatch(r"[0-9a-fA-F]{64}", image):
+        return True
+    domain, slash, _ = image.partition("/")
+    return bool(slash) and (any(c in domain for c in ".:") or domain == "localhost")
+
+
+def unit_warnings(unit: UnitFile) -> list[str]:
+    """What Quadlet warns about without refusing the file."""
+    out = []
+    for key in ("User", "Group", "DynamicUser"):
+        if unit.has_key("Service", key):
+            out.append(f"Warning: using key {key} in the Service group is not supported - use "
+                       "at your own risk")
+    image = unit.lookup("Container", "Image") or unit.lookup("Volume", "Image")
+    if image and not _fully_qualified(image):
+        out.append(f"Warning: {unit.filename} specifies the image \"{image}\" which not a "
+                   "fully qualified image name. This is not ideal for performance and security "
+                   "reasons. See the podman-pull manpage discussion of short-name-aliases.conf "
+                   "for details.")
+    return out
+
+
 def install_symlinks(service: UnitFile) -> dict[str, str]:
     """``[Install]`` applied like ``systemctl enable``: relative link path -> target."""
     links: list[str] = [os.path.normpath(a) for a in service.lookup_all_strv("Install", "Alias")]
@@ -222,6 +247,7 @@ def generate(is_user: bool, *, dirs: list[str] | None = None, argv0: str = "quad
     infos = {u.filename: convert.unit_info(u) for u in units}
     for unit in units:
         ext = os.path.splitext(unit.filename)[1]
+        result.warnings += unit_warnings(unit)
         try:
             service = convert.CONVERTERS[ext](unit, infos, is_user)
         except AtomicEdgeError as exc:
@@ -334,8 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(dryrun_text(result))
     else:
         write_output(result, dirs[0])
-    for err in result.errors:
-        log(err)
+    for msg in result.warnings + result.errors:
+        log(msg)
     if result.errors:
         log("processing encountered some errors")
         return 1
