@@ -90,6 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_tool_output(exc.stderr)
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        # a device ships only the device closure (compose/closure.py): host verbs end here
+        if not (exc.name or "").startswith("atomicedge."):
+            raise
+        print(f"error: this command needs {exc.name}, which is not installed on this system "
+              "(hint: run it on the build or lab host)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

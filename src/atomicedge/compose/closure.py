@@ -37,7 +37,6 @@ HOST_ONLY = ("atomicedge.compose", "atomicedge.publish", "atomicedge.lab",
 DEBIAN_MODULES = {"rich": "python3-rich", "urllib3": "python3-urllib3", "nacl": "python3-nacl"}
 # optional accelerators: imported under try/except ImportError, absent on devices
 OPTIONAL_MODULES = ("isal", "bsdiff4")
-DATA_SUFFIXES = (".toml", ".service", ".timer", ".target", ".socket", ".sh")
 
 
 @dataclass(frozen=True)
@@ -143,13 +142,17 @@ def compute() -> Closure:
     return Closure(tuple(sorted(seen)), tuple(files))
 
 
+DATA_DIRS = ("device/units", "workload/files")
+
+
 def units_digest() -> str:
-    """The units, timers, generator and defaults the image gets (device/units/)."""
+    """The units, timers, generators and defaults the image gets (:data:`DATA_DIRS`)."""
     h = hashlib.sha256()
-    units = PACKAGE_DIR / "device" / "units"
-    for p in sorted(units.rglob("*")):
-        if p.is_file() and p.suffix in DATA_SUFFIXES:
-            h.update(str(p.relative_to(units)).encode() + b"\0" + p.read_bytes() + b"\0")
+    for d in DATA_DIRS:
+        for p in sorted((PACKAGE_DIR / d).rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts:
+                h.update(f"{d}/{p.relative_to(PACKAGE_DIR / d)}".encode() + b"\0")
+                h.update(p.read_bytes() + b"\0")
     return h.hexdigest()
 
 

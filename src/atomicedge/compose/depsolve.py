@@ -6,7 +6,9 @@ line, so a typo fails in a second instead of after a minute of mmdebstrap. The r
 
 Profiles (the packages every image gets on top of Debian's ``minbase``):
 * ``edge`` — bootable: systemd, udev, dbus, kernel, dracut with Debian's ``ostree-boot`` module,
-  ostree, openssh-server, sudo, iproute2; firewalld when the blueprint configures the firewall.
+  ostree, openssh-server, sudo, iproute2, python3 + the Debian modules of the device closure;
+  firewalld when the blueprint configures the firewall; crun, uidmap, slirp4netns,
+  dbus-user-session and libpam-systemd when it asks for podman (workloads).
 * ``test`` — minbase + the blueprint's packages only. It omits systemd, the kernel, the
   initramfs, ssh and firewalld, so it is not bootable; a test supplies a stub kernel package
   (``kernel.name``) to keep it deployable by ``ostree admin deploy``.
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from atomicedge.compose.apt import AptState
 from atomicedge.compose.blueprint import Blueprint, BlueprintError, PackageSpec, Problem
 from atomicedge.fsutil import atomic_write
+from atomicedge.workload import podman_defaults
 
 MINBASE = ["?essential", "?priority(required)", "apt"]
 EDGE_BASE = ["systemd", "systemd-sysv", "udev", "dbus", "kmod", "iproute2", "openssh-server",
@@ -54,6 +57,8 @@ def profile_packages(bp: Blueprint, profile: str, arch: str) -> list[str]:
             extra.append("locales")
         if cust.ntpservers:
             extra.append("systemd-timesyncd")
+        if podman_defaults.wants_podman([p.name for p in bp.packages]):
+            extra += [p for p in podman_defaults.PACKAGES if p not in extra]
     elif cust.kernel_name:
         extra.append(cust.kernel_name)
     return extra

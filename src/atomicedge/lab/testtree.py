@@ -153,8 +153,10 @@ def lab_tree(workdir: Path, version: str, *, agent_toml: str | None = None,
     """An ostree-ready tree with the device agent, the seed's health check and the driver."""
     from atomicedge.compose import closure
     from atomicedge.device.image import install_device_files
+    from atomicedge.workload.install import install_workload_files
     tree = ostreeify(base_tree(), workdir / f"tree-{version}", version=version)
     install_device_files(tree, agent_toml)
+    install_workload_files(tree)
     closure.install(tree)
     extra = {
         "usr/etc/greenboot/check/required.d/01_check_upgrade.sh": (CHECK_UPGRADE, 0o755),

@@ -1,5 +1,4 @@
 #!/bin/sh
 # Quadlet system generator (atomicedge): Debian 12's podman 4.3.1 has no Quadlet, this is ours.
 # systemd runs it as: podman-system-generator normal-dir early-dir late-dir
-export PYTHONPATH="/usr/lib/atomicedge/python:/usr/lib/atomicedge/site${PYTHONPATH:+:$PYTHONPATH}"
 exec /usr/bin/python3 -m atomicedge.workload.quadlet -argv0 "$0" "$@"
