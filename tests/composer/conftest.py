@@ -57,8 +57,14 @@ def wait_for(cond: Callable[[], Any], timeout: float = 120.0, what: str = "condi
 
 
 @pytest.fixture(scope="session")
-def composer_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return offline_repo.build_repo(tmp_path_factory.mktemp("composer-apt") / "repo")
+def composer_repo(composer_cache: Path) -> Path:
+    """The offline apt repository, kept beside the tree cache: its Release file is part of
+    the tree cache key, so a stable repository keeps later sessions' builds warm."""
+    repo = composer_cache / "aptrepo" / "repo"
+    if not (repo / "Release").exists():
+        shutil.rmtree(repo.parent, ignore_errors=True)
+        offline_repo.build_repo(repo)
+    return repo
 
 
 @pytest.fixture(scope="session")

@@ -56,8 +56,9 @@ def test_status_distros_and_types_have_composer_shapes(api: Client) -> None:
     assert code == 404 and body["errors"][0] == {"code": 404, "id": "HTTPError",
                                                  "msg": "Not Found"}
     assert raw(api, "GET", "/api/v2/blueprints/list")[0] == 404
-    assert raw(api, "GET", "/api/v1/compose/types") == (
-        200, {"types": [{"name": "edge-commit", "enabled": True}]})
+    code, body = raw(api, "GET", "/api/v1/compose/types")
+    assert code == 200 and {"name": "edge-commit", "enabled": True} in body["types"]
+    assert all(set(t) == {"name", "enabled"} and t["enabled"] for t in body["types"])
     code, body = raw(api, "GET", "/api/v1/compose/types?distro=fedora-99")
     assert code == 400 and errors(body) == [("DistroError", "Invalid distro: fedora-99")]
 
@@ -398,7 +399,7 @@ def test_cli_speaks_composer_cli(srv: Server, tmp_path: Path) -> None:
     assert "cli" in _cli(srv, "blueprints", "list").stdout.split()
     shown = tomllib.loads(_cli(srv, "blueprints", "show", "cli").stdout)
     assert shown["version"] == "1.2.3"
-    assert _cli(srv, "compose", "types").stdout == "edge-commit\n"
+    assert "edge-commit" in _cli(srv, "compose", "types").stdout.splitlines()
     started = _cli(srv, "--test", "2", "compose", "start", "cli", "edge-commit")
     m = re.fullmatch(r"Compose ([0-9a-f-]{36}) added to the queue\n", started.stdout)
     assert m, started.stdout + started.stderr

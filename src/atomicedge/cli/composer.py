@@ -319,7 +319,8 @@ def compose_results(args: argparse.Namespace, c: Client) -> int:
 
 def compose_image(args: argparse.Namespace, c: Client) -> int:
     info = c.get(f"compose/info/{args.uuid}")
-    name = {"edge-commit": "commit.tar"}.get(info["compose_type"], "image.tar")
+    name = {"edge-commit": "commit.tar", "edge-container": "container.tar"}.get(
+        info["compose_type"], "image.tar")
     return _save(c, "image", args.uuid, f"{args.uuid}-{name}", args.filename)
 
 
@@ -385,8 +386,15 @@ def status_show(args: argparse.Namespace, c: Client) -> int:
 
 # ---- service -------------------------------------------------------------------------------
 
+def image_types() -> tuple[str, ...]:
+    """The builder's image types whose artifact the workers can write."""
+    from atomicedge.compose import artifact, build
+    if hasattr(artifact, "write_image"):
+        return tuple(build.IMAGE_TYPES)
+    return ("edge-commit",)
+
+
 def _serve_options(args: argparse.Namespace, sockets: bool) -> Any:
-    from atomicedge.compose import build
     from atomicedge.compose.apt import host_arch
     from atomicedge.compose.cache import default_root
     from atomicedge.composer.server import ServeOptions
@@ -400,7 +408,7 @@ def _serve_options(args: argparse.Namespace, sockets: bool) -> Any:
         socket=(None if args.no_socket else args.socket_path) if sockets else None,
         listen=getattr(args, "listen", None), db=args.db, workers=args.workers,
         token_file=getattr(args, "token_file_srv", None), group=getattr(args, "group", None),
-        job_timeout=args.job_timeout, image_types=tuple(build.IMAGE_TYPES))
+        job_timeout=args.job_timeout, image_types=image_types())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -29,14 +29,16 @@ from types import FrameType
 from typing import Any
 
 from atomicedge.compose import build
-from atomicedge.compose.apt import Sources
+from atomicedge.compose.apt import AptState, Sources
+from atomicedge.compose.blueprint import Blueprint
 from atomicedge.composer.blueprints import to_model
-from atomicedge.errors import AtomicEdgeError
+from atomicedge.errors import AtomicEdgeError, UsageError
 from atomicedge.ostree.repo import Repo
 
 # relative weight of each step for the progress bar (mmdebstrap dominates a cold build)
-WEIGHTS = {"resolve parent": 2, "depsolve": 8, "mmdebstrap": 50, "copy tree": 5,
-           "customizations": 8, "ostree preparation": 5, "commit": 15, "edge-commit tar": 7}
+WEIGHTS = {"resolve parent": 2, "depsolve": 8, "mmdebstrap": 50, "apt into cached tree": 50,
+           "copy tree": 5, "customizations": 8, "ostree preparation": 5, "commit": 15,
+           "artifact": 7}
 TOTAL = sum(WEIGHTS.values())
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -51,7 +53,11 @@ def emit(event: str, **fields: Any) -> None:
 
 
 def _weight(name: str) -> int:
-    return WEIGHTS.get(name.split(" (")[0], 0)
+    """The step's weight: names carry details (``mmdebstrap (98 packages)``)."""
+    for key, weight in WEIGHTS.items():
+        if name.startswith(key) or name.endswith(key):
+            return weight
+    return 0
 
 
 class EventSteps(build.Steps):
@@ -98,6 +104,22 @@ def _parent(repo_path: Path, ostree: dict[str, Any], ref: str) -> str:
     return build.resolve_url_parent(repo, url, parent)
 
 
+def write_image(job: dict[str, Any], bp: Blueprint, sources: Sources, repo: Repo, ref: str,
+                commit: str) -> None:
+    """The image type's artifact (edge-commit tar; edge-container when the builder has it)."""
+    from atomicedge.compose import artifact
+    output, cache_root = Path(job["artifact"]), Path(job["cache_root"])
+    writer = getattr(artifact, "write_image", None)
+    if writer is not None:
+        state = AptState(sources, cache_root, job.get("arch") or build.host_arch())
+        writer(job["compose_type"], repo, ref, commit, output, state=state,
+               cache_root=cache_root, name=f"{bp.name}:{bp.version}")
+    elif job["compose_type"] == "edge-commit":
+        build.write_artifact(repo, ref, commit, output)
+    else:
+        raise UsageError(f"image type {job['compose_type']!r} has no artifact writer")
+
+
 def run(job: dict[str, Any]) -> dict[str, Any]:
     bp = to_model(job["blueprint"])
     src = job["sources"]
@@ -115,8 +137,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
                                profile=job["profile"], image_type=job["compose_type"],
                                cache_root=Path(job["cache_root"]), arch=arch)
     res = build.compose(req, steps)
-    with steps.step("edge-commit tar"):
-        build.write_artifact(Repo.open(repo_path), res.ref, res.commit, Path(job["artifact"]))
+    with steps.step(f"{job['compose_type']} artifact"):
+        write_image(job, bp, sources, Repo.open(repo_path), res.ref, res.commit)
     return {"commit": res.commit, "ref": res.ref, "parent": res.parent,
             "root_tree": res.root_tree, "packages": res.packages,
             "tree_cached": res.tree_cached, "timings": res.timings}

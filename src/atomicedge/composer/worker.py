@@ -31,7 +31,7 @@ from atomicedge.compose.mmdebstrap import remove_tree
 from atomicedge.composer.queue import Job, Queue, worker_id
 
 log = logging.getLogger("atomicedge.composer")
-ARTIFACT_NAMES = {"edge-commit": "commit.tar"}
+ARTIFACT_NAMES = {"edge-commit": "commit.tar", "edge-container": "container.tar"}
 STOP_GRACE = 30.0
 
 

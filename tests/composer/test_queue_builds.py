@@ -1,0 +1,175 @@
+"""Real composes through the service: the queue, its workers and restarts, cancel, two
+workers at once, and a worker process on another state directory sharing a PostgreSQL queue.
+
+Builds use the ``test`` profile and the offline apt repository (real .debs, real mmdebstrap,
+real OSTree commits); the tree cache is shared by these tests, so only the first build of a
+package set runs mmdebstrap."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.composer.conftest import (
+    Server,
+    blueprint,
+    push,
+    start_compose,
+    status_of,
+    wait_for,
+    wait_state,
+)
+
+REF = "debian/12/x86_64/edge"
+
+
+def _check_tar(tar_path: Path, dest: Path, commit: str) -> dict[str, Any]:
+    with tarfile.open(tar_path) as tar:
+        names = tar.getnames()
+        tar.extractall(dest)
+    assert "compose.json" in names and "repo/config" in names
+    meta = json.loads((dest / "compose.json").read_text())
+    assert meta["ostree-commit"] == commit and meta["ref"] == REF
+    rev = subprocess.run(["ostree", f"--repo={dest / 'repo'}", "rev-parse", REF],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert rev == commit
+    subprocess.run(["ostree", f"--repo={dest / 'repo'}", "fsck", "-q"], check=True,
+                   capture_output=True)
+    return meta
+
+
+def test_compose_over_the_api_finishes_with_live_log_and_a_valid_tar(
+        servers: Callable[..., Server], tmp_path: Path) -> None:
+    srv = servers(workers=1).start()
+    api = srv.client()
+    push(api, blueprint("gateway", "1.0.0"))
+    build = start_compose(api, "gateway")
+    seen: list[dict[str, Any]] = []
+
+    def finished() -> bool:
+        entry = status_of(api, build)
+        if entry["queue_status"] == "RUNNING":
+            seen.append({**entry, "log": api.text(f"compose/log/{build}")})
+        return entry["queue_status"] in ("FINISHED", "FAILED")
+
+    wait_for(finished, 300, "the compose to finish")
+    info = api.get(f"compose/info/{build}")
+    assert info["queue_status"] == "FINISHED", api.text(f"compose/log/{build}")
+    assert seen, "the compose was never seen RUNNING"
+    assert any(s["progress"]["total"] > 0 and s["log"].strip() for s in seen), seen[-1]
+    assert "-->" in "".join(s["log"] for s in seen)       # steps streamed while running
+    size = api.download(f"compose/image/{build}", tmp_path / "commit.tar")
+    assert size == (tmp_path / "commit.tar").stat().st_size > 0
+    meta = _check_tar(tmp_path / "commit.tar", tmp_path / "x", info["commit"])
+    assert meta["ostree-version"] == "1.0.0"
+    log = api.text(f"compose/log/{build}")
+    assert f"commit {info['commit']} on {REF}" in log
+    results = tmp_path / "results.tar"
+    api.download(f"compose/results/{build}", results)
+    with tarfile.open(results) as tar:
+        assert f"{build}-commit.tar" in tar.getnames()
+
+
+def _db(srv: Server) -> sqlite3.Connection:
+    return sqlite3.connect(srv.state / "composer.db", timeout=30)
+
+
+def test_server_killed_mid_queue_loses_nothing_then_two_workers_build_both_at_once(
+        servers: Callable[..., Server]) -> None:
+    srv = servers(workers=1).start()
+    api = srv.client()
+    push(api, blueprint("restart", "1.0.0"))
+    first, second = start_compose(api, "restart"), start_compose(api, "restart")
+    wait_state(api, first, ("RUNNING",), 60)
+    assert status_of(api, second)["queue_status"] == "WAITING"
+    with _db(srv) as db:
+        pid = wait_for(lambda: db.execute("SELECT build_pid FROM composes WHERE id = ?",
+                                          (first,)).fetchone()[0], 60, "a build process")
+    srv.stop(signal.SIGKILL)                  # a crash, not a clean stop
+    wait_for(lambda: not _group_members(pid), 60, "the orphaned build to stop")
+    again = servers("again", workers=2, state=srv.state).start()
+    api = again.client()
+    assert status_of(api, first)["queue_status"] in ("WAITING", "RUNNING")
+    wait_for(lambda: all(status_of(api, b)["queue_status"] == "RUNNING"
+                         for b in (first, second)), 120, "both composes RUNNING at once")
+    done = [wait_state(api, b, ("FINISHED", "FAILED"), 300) for b in (first, second)]
+    assert [d["queue_status"] for d in done] == ["FINISHED", "FINISHED"], \
+        api.text(f"compose/log/{first}")
+    assert max(d["job_started"] for d in done) < min(d["job_finished"] for d in done)
+    assert "re-queued" in api.text(f"compose/log/{first}")
+    assert len({_builder(api.text(f"compose/log/{b}")) for b in (first, second)}) == 2
+
+
+def _builder(log: str) -> str:
+    """The worker id of the last ``worker ID building ...`` line of a compose log."""
+    return [ln for ln in log.splitlines() if ln.startswith("worker ")][-1].split()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _group_members(pgid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_cancel_stops_a_running_build(servers: Callable[..., Server],
+                                      composer_cache: Path) -> None:
+    srv = servers(workers=1).start()
+    api = srv.client()
+    push(api, blueprint("cancelme", "1.0.0"))
+    build = start_compose(api, "cancelme")
+    wait_for(lambda: (s := status_of(api, build))["queue_status"] == "RUNNING"
+             and s["progress"]["message"] == "commit", 180, "the build committing")
+    with _db(srv) as db:
+        pid = db.execute("SELECT build_pid FROM composes WHERE id = ?", (build,)).fetchone()[0]
+    assert _group_members(pid), "the build's process group is not running"
+    assert api.call("DELETE", f"/api/v1/compose/cancel/{build}")["status"] is True
+    assert status_of(api, build)["queue_status"] == "FAILED"
+    wait_for(lambda: not _group_members(pid), 60, "the build and mmdebstrap to stop")
+    assert not list((composer_cache / "compose" / "trees").glob(f"*.tmp-{pid}"))
+    mounts = Path("/proc/mounts").read_text()
+    assert str(composer_cache) not in mounts and str(srv.state) not in mounts
+    wait_for(lambda: not (srv.state / "jobs" / build).exists(), 60, "the job dir removed")
+    log = api.text(f"compose/log/{build}")
+    assert "canceled" in log
+    assert status_of(api, build)["queue_status"] == "FAILED"   # the worker did not overwrite
+
+
+def test_postgresql_worker_on_another_state_dir_takes_the_job(
+        servers: Callable[..., Server], postgres: str, tmp_path: Path) -> None:
+    srv = servers("pgsrv", workers=0, db=postgres).start()
+    api = srv.client()
+    push(api, blueprint("remote", "2.0.0"))
+    build = start_compose(api, "remote")
+    assert status_of(api, build)["queue_status"] == "WAITING"
+    other = tmp_path / "elsewhere"
+    worker = servers("pgworker", workers=1, db=postgres, state=other, mode="worker").start()
+    assert wait_state(api, build, ("FINISHED", "FAILED"), 240)["queue_status"] == "FINISHED", \
+        api.text(f"compose/log/{build}")
+    assert ":remote0 building remote 2.0.0" in api.text(f"compose/log/{build}")
+    assert not (srv.state / "artifacts" / build).exists()   # built and stored elsewhere
+    info = api.get(f"compose/info/{build}")
+    api.download(f"compose/image/{build}", tmp_path / "remote.tar")
+    meta = _check_tar(tmp_path / "remote.tar", tmp_path / "x", info["commit"])
+    assert meta["ostree-version"] == "2.0.0"
+    assert worker.stop() == 0
