@@ -9,6 +9,8 @@
 
 Targets: cold / bare <= 1.1, warm recompose <= 2 s. Uses the machine's Debian mirror.
 Run: .venv/bin/python bench/compose.py [--keep DIR]
+Last: API status polls per second on 2 cores with 50 clients (the composer service,
+issue 12; bench/composer_api.py runs it alone).
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ def main() -> int:
     print(f"warm recompose, same repo (input hash):     {warm_same:7.2f} s   (target <= 2 s)")
     print(f"warm recompose, fresh repo (tree cache):    {warm_fresh:7.2f} s")
     print(f"root tree identical across the three composes: {root1[:16]}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from composer_api import report, status_polls
+    api_line = report(status_polls())
+    print(api_line)
     return 0
 
 

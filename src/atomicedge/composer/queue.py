@@ -117,8 +117,10 @@ class Queue:
         return Job.from_row(row) if row else None
 
     def all(self) -> list[Job]:
+        """Every compose, without its request and package list (what listings show)."""
+        light = COLUMNS.replace("args, packages", "'{}', '[]'")
         return [Job.from_row(r) for r in
-                self.db.query(f"SELECT {COLUMNS} FROM composes ORDER BY id")]
+                self.db.query(f"SELECT {light} FROM composes ORDER BY id")]
 
     def state(self, job_id: str) -> tuple[str, bool, str | None] | None:
         row = self.db.one("SELECT state, canceled, worker FROM composes WHERE id = ?", (job_id,))
