@@ -119,12 +119,13 @@ def _install_kernel(sysroot: Sysroot, osname: str, root: Path, bootcsum: str) ->
 
 
 def reset_etc(ddir: Path) -> Path:
-    """Fresh ``etc.new`` = copy of the deployment's ``usr/etc`` (the new defaults)."""
+    """Fresh ``etc.new`` = copy of the deployment's ``usr/etc`` (the new defaults), with
+    owner, group, mode and xattrs, as ``ostree admin deploy`` checks ``/etc`` out."""
     new = ddir / "etc.new"
     shutil.rmtree(new, ignore_errors=True)
     usr_etc = ddir / "usr" / "etc"
     if usr_etc.is_dir():
-        shutil.copytree(usr_etc, new, symlinks=True)
+        etcmerge.copy_tree(usr_etc, new)
     else:
         new.mkdir()
     return new
@@ -154,6 +155,9 @@ def merge_etc(sysroot: Sysroot, new: Deployment, merge: Deployment | None) -> st
         mdir = sysroot.deployment_dir(merge)
         if (mdir / "etc").is_dir():
             summary = etcmerge.merge(mdir / "usr" / "etc", mdir / "etc", etc_new).summary()
+    # as ostree: no /etc/.updated or /var/.updated, so ConditionNeedsUpdate= units run next boot
+    (etc_new / ".updated").unlink(missing_ok=True)
+    (sysroot.stateroot(new.osname) / "var" / ".updated").unlink(missing_ok=True)
     commit_etc(ddir, etc_new)
     return summary
 
