@@ -14,9 +14,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from atomicedge.compose import artifact, container, pkgdb
 from atomicedge.compose import build as build_mod
 from atomicedge.compose import depsolve as ds
-from atomicedge.compose import pkgdb
 from atomicedge.compose.apt import AptState, Sources, host_arch
 from atomicedge.compose.blueprint import DEFAULT_DISTRO, DISTROS
 from atomicedge.compose.cache import default_root
@@ -70,13 +70,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = verbs.add_parser("build", help="blueprint -> OSTree commit (edge-commit)")
     b.add_argument("blueprint", type=Path, metavar="BLUEPRINT.toml")
     b.add_argument("--type", dest="image_type", default="edge-commit",
-                   help="image type (edge-commit)")
+                   choices=build_mod.IMAGE_TYPES,
+                   help="edge-commit (tar of repo/ + compose.json) or edge-container (OCI "
+                        "archive serving the repo on port 8080)")
     b.add_argument("--repo", type=Path, help="OSTree repo to commit into (created if missing)")
     b.add_argument("--ref", help="branch (default debian/12/<arch>/edge)")
     pg = b.add_mutually_exclusive_group()
     pg.add_argument("--parent", metavar="COMMIT", help="parent commit or ref")
     pg.add_argument("--url", metavar="URL", help="repo whose refs/heads/<ref> is the parent")
-    b.add_argument("--output", type=Path, metavar="FILE.tar", help="write the edge-commit tar")
+    b.add_argument("--output", type=Path, metavar="FILE.tar",
+                   help="write the artifact (edge-commit tar or edge-container OCI archive)")
+    b.add_argument("--push", metavar="docker://HOST:PORT/NAME:TAG",
+                   help="edge-container: push the image to this registry")
+    b.add_argument("--tls-verify", default="true", choices=("true", "false"),
+                   help="--push: verify the registry's TLS certificate (false: plain HTTP)")
     b.add_argument("--no-cache", action="store_true", help="rebuild the package tree")
     _add_source_args(b)
     b.set_defaults(func=cmd_build)
@@ -119,13 +126,17 @@ def _check_repo_path(path: Path) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     bp = load(args.blueprint)
     sources = sources_from_args(args, bp.distro)
-    tmp: tempfile.TemporaryDirectory[str] | None = None
-    if args.repo is None:
-        tmp = tempfile.TemporaryDirectory(prefix="atomicedge-compose-")
-        repo_path = Path(tmp.name) / "repo"
-        output = args.output or Path(f"{bp.name}-{bp.version}-edge-commit.tar")
-    else:
-        repo_path, output = args.repo, args.output
+    if args.push:
+        if args.image_type != "edge-container":
+            raise UsageError("--push needs --type edge-container", "only containers go to "
+                             "a registry; serve an edge-commit's repo/ over HTTP instead")
+        container.check_destination(args.push)
+    tmp = tempfile.TemporaryDirectory(prefix="atomicedge-compose-")
+    repo_path = args.repo or Path(tmp.name) / "repo"
+    # without --repo the artifact is the result (default name) unless it only goes to --push
+    keep = args.output is not None or (args.repo is None and not args.push)
+    output = args.output or (Path(f"{bp.name}-{bp.version}-{args.image_type}.tar") if keep
+                             else Path(tmp.name) / "image.tar" if args.push else None)
     try:
         _check_repo_path(repo_path)
         req = build_mod.ComposeRequest(
@@ -135,16 +146,22 @@ def cmd_build(args: argparse.Namespace) -> int:
         res = build_mod.compose(req, steps)
         repo = Repo.open(repo_path)
         if output:
-            with steps.step("edge-commit tar"):
-                build_mod.write_artifact(repo, res.ref, res.commit, output)
+            with steps.step(f"{args.image_type} artifact"):
+                artifact.write_image(args.image_type, repo, res.ref, res.commit, output,
+                                     state=AptState(sources, default_root(), host_arch()),
+                                     cache_root=default_root(), name=f"{bp.name}:{bp.version}")
+        if args.push and output is not None:
+            with steps.step(f"push {args.push}"):
+                container.push(output, args.push, tls_verify=args.tls_verify == "true")
     finally:
-        if tmp is not None:
-            tmp.cleanup()
+        tmp.cleanup()
     print(f"commit {res.commit}")
     out.print(f"ref {res.ref}  version {bp.version}  packages {res.packages}  "
               f"root tree {res.root_tree[:12]}  tree cache {'hit' if res.tree_cached else 'miss'}")
-    if output:
+    if output and keep:
         print(f"artifact {output}")
+    if args.push:
+        print(f"pushed {args.push}")
     return 0
 
 

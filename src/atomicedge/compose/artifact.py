@@ -1,4 +1,5 @@
-"""The edge-commit artifact: a tar with ``repo/`` (archive mode, one ref) and ``compose.json``.
+"""The edge-commit artifact: a tar with ``repo/`` (archive mode, one ref) and ``compose.json``;
+``write_image`` also dispatches to the edge-container OCI archive (``container.py``).
 
 Same shape as Image Builder's ``commit.tar`` so existing habits work (untar, serve ``repo/``
 over HTTP, pull). The repo inside holds only the new commit's objects (its parent is referenced
@@ -15,6 +16,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from atomicedge.compose.apt import AptState
 from atomicedge.ostree.repo import Repo
 
 
@@ -41,3 +43,14 @@ def write_commit_tar(repo: Repo, ref: str, commit: str, output: Path) -> None:
         os.replace(tmp, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def write_image(image_type: str, repo: Repo, ref: str, commit: str, output: Path, *,
+                state: AptState, cache_root: Path, name: str) -> None:
+    """The artifact of ``image_type`` for ``commit``: edge-commit tar or edge-container OCI
+    archive (``name`` = the image's ``NAME:TAG`` annotation)."""
+    if image_type == "edge-container":
+        from atomicedge.compose.container import write_container
+        write_container(repo, ref, commit, output, state, cache_root / "container", name)
+    else:
+        write_commit_tar(repo, ref, commit, output)

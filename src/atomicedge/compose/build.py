@@ -38,7 +38,7 @@ from atomicedge.ostree.objects import Commit, ObjectType
 from atomicedge.ostree.repo import Repo, validate_ref
 
 log = logging.getLogger("atomicedge.compose")
-IMAGE_TYPES = ("edge-commit",)
+IMAGE_TYPES = ("edge-commit", "edge-container")
 
 
 @dataclass
