@@ -12,6 +12,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +51,14 @@ def test_compose_over_the_api_finishes_with_live_log_and_a_valid_tar(
     srv = servers(workers=1).start()
     api = srv.client()
     push(api, blueprint("gateway", "1.0.0"))
-    build = start_compose(api, "gateway")
+    cli = subprocess.Popen(   # composer-cli's start --wait, polled by the CLI meanwhile
+        [sys.executable, "-m", "atomicedge.cli.main", "composer", "-s", str(srv.socket),
+         "compose", "start", "gateway", "edge-commit", "--wait", "--timeout", "10m",
+         "--poll", "1s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert cli.stdout is not None
+    first = cli.stdout.readline()
+    assert first.startswith("Compose ") and first.endswith(" added to the queue\n"), first
+    build = first.split()[1]
     seen: list[dict[str, Any]] = []
 
     def finished() -> bool:
@@ -62,6 +70,8 @@ def test_compose_over_the_api_finishes_with_live_log_and_a_valid_tar(
     wait_for(finished, 300, "the compose to finish")
     info = api.get(f"compose/info/{build}")
     assert info["queue_status"] == "FINISHED", api.text(f"compose/log/{build}")
+    out, err = cli.communicate(timeout=60)
+    assert cli.returncode == 0 and out == f"{build} FINISHED\n", (out, err)
     assert seen, "the compose was never seen RUNNING"
     assert any(s["progress"]["total"] > 0 and s["log"].strip() for s in seen), seen[-1]
     assert "-->" in "".join(s["log"] for s in seen)       # steps streamed while running

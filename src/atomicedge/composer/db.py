@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -100,10 +101,19 @@ class Database:
         self._run(conn, "COMMIT", ())
 
     def init_schema(self) -> None:
+        """Create the tables (a server and a worker starting together may race: retried)."""
         blob = "BLOB" if self.kind == "sqlite" else "BYTEA"
         for stmt in SCHEMA.format(blob=blob).split(";"):
-            if stmt.strip():
-                self.execute(stmt)
+            if not stmt.strip():
+                continue
+            for attempt in range(3):
+                try:
+                    self.execute(stmt)
+                    break
+                except Exception:  # both drivers' "already exists" races
+                    if attempt == 2:
+                        raise
+                    time.sleep(0.2)
 
     def close(self) -> None:
         with self._lock:
