@@ -264,6 +264,12 @@ def test_blueprint_depsolve_and_freeze(api: Client) -> None:
                                   {"name": "edge-hello", "version": "1.0"}]
     toml = tomllib.loads(api.text("blueprints/freeze/frz?format=toml"))
     assert toml["packages"] == frozen["packages"]
+    push(api, blueprint("mods", "1.0.0", extra='\n[[modules]]\nname = "edge-agent"\n'))
+    mods = api.get("blueprints/depsolve/mods")["blueprints"][0]   # [[modules]] = packages
+    assert mods["blueprint"]["modules"] == [{"name": "edge-agent"}]
+    assert "edge-agent" in {d["name"] for d in mods["dependencies"]}
+    assert api.get("blueprints/freeze/mods")["blueprints"][0]["blueprint"]["modules"] == [
+        {"name": "edge-agent", "version": "1.0"}]
     push(api, blueprint("broken", "1.0.0", extra='\n[[packages]]\nname = "no-such-pkg"\n'))
     bad = api.get("blueprints/depsolve/broken")
     assert bad["errors"][0]["id"] == "BlueprintsError"

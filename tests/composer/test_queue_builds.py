@@ -117,6 +117,28 @@ def test_server_killed_mid_queue_loses_nothing_then_two_workers_build_both_at_on
     assert len({_builder(api.text(f"compose/log/{b}")) for b in (first, second)}) == 2
 
 
+def test_server_stopped_cleanly_hands_its_running_build_back(
+        servers: Callable[..., Server]) -> None:
+    srv = servers(workers=1).start()
+    api = srv.client()
+    push(api, blueprint("handback", "1.0.0"))
+    build = start_compose(api, "handback")
+    wait_state(api, build, ("RUNNING",), 60)
+    with _db(srv) as db:
+        pid = wait_for(lambda: db.execute("SELECT build_pid FROM composes WHERE id = ?",
+                                          (build,)).fetchone()[0], 60, "a build process")
+    assert srv.stop(signal.SIGTERM) == 0
+    assert not _group_members(pid)            # the build did not outlive the server
+    with _db(srv) as db:
+        state, worker = db.execute("SELECT state, worker FROM composes WHERE id = ?",
+                                   (build,)).fetchone()
+        lines = [r[0] for r in db.execute("SELECT line FROM compose_log WHERE id = ?",
+                                          (build,))]
+    assert (state, worker) == ("WAITING", None)
+    assert "re-queued: worker stopped before the build finished" in lines
+    assert not (srv.state / "jobs" / build).exists()
+
+
 def _builder(log: str) -> str:
     """The worker id of the last ``worker ID building ...`` line of a compose log."""
     return [ln for ln in log.splitlines() if ln.startswith("worker ")][-1].split()[1]
