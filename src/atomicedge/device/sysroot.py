@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from atomicedge.device import bls, faults
+from atomicedge.device import bls, faults, grubcfg
 from atomicedge.device.origin import Origin
 from atomicedge.errors import CorruptionError, NotFoundError, UsageError
 from atomicedge.fsutil import atomic_symlink, atomic_write, fsync_dir, syncfs
@@ -217,14 +217,18 @@ class Sysroot:
             _rmtree(stale)
         faults.step("rm-stale-bootlinks")
         n = len(deps)
+        entries = []
         for i, d in enumerate(deps):
             entry = self._entry_for(d, i, n, new_bv)
+            entries.append(entry)
             atomic_write(loader / "entries" / bls.entry_filename(n - i, d.osname),
                          entry.encode())
             link = bootdir / d.osname / d.bootcsum / str(d.bootserial)
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(f"../../../deploy/{d.osname}/deploy/{d.name}", link)
             faults.step("write-entry")
+        if grubcfg.enabled(self.boot):  # real GRUB: its menu swaps with the entries
+            grubcfg.write(loader, entries, grubcfg.boot_prefix(self.path, self.boot))
         fsync_dir(loader / "entries")
         atomic_symlink(f"boot.{new_bv}.1", self.ostree / f"boot.{new_bv}")
         self._write_pin_refs(new_bv, deps)
