@@ -118,10 +118,13 @@ def built(tmp_path_factory: pytest.TempPathFactory, apt_repo: Path,
             "co": work / "co", "out": out}
 
 
-def test_offline_compose_builds_commit_in_seconds_without_network(
+def test_offline_compose_builds_commit_cold_without_network(
         built: dict[str, object]) -> None:
-    assert built["seconds"] < 90, built["seconds"]  # cold: offline mmdebstrap + commit
+    """Cold (no cached tree), in a network namespace without any network: only the
+    file:// apt repo was reachable. (How long it takes is bench/compose.py's business.)"""
     assert "tree cache miss" in str(built["out"])
+    repo = Path(str(built["work"])) / "repo"
+    assert _ostree(f"--repo={repo}", "rev-parse", REF).strip() == built["commit"]
 
 
 def test_users_groups_and_hashed_password_in_checked_out_tree(built: dict[str, object]) -> None:
@@ -237,12 +240,12 @@ def test_recompose_reuses_cached_tree_and_gives_same_root_tree(
     first = Repo.open(Path(str(built["work"])) / "repo")
     root_v1 = first.load_commit(str(built["commit"])).root_tree
     fresh = Repo.init(tmp_path / "fresh", mode="bare")
-    start = time.monotonic()
     res = compose(ComposeRequest(bp, fresh.path, Sources.offline(apt_repo), profile="test",
                                  cache_root=Path(env["ATOMICEDGE_CACHE"]) / "compose"))
     assert res.tree_cached and not res.commit_reused_tree
     assert res.root_tree == root_v1          # same inputs -> byte-identical tree
-    assert time.monotonic() - start < 30
+    # the cached tree was used as is: no package installation step ran at all
+    assert not [s for s in res.timings if s.startswith(("mmdebstrap", "apt "))], res.timings
     # same repo again: the parent has the same input hash -> the tree is reused as is
     again = compose(ComposeRequest(bp, fresh.path, Sources.offline(apt_repo), profile="test",
                                    cache_root=Path(env["ATOMICEDGE_CACHE"]) / "compose"))

@@ -11,12 +11,12 @@ import socket
 import socketserver
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
 KINDS = ("truncate", "flip", "wrong", "500", "stall", "reset", "reset-mid")
+HOLD_LIMIT = 60.0  # a stall or a pause never outlives this (a test that forgot it fails)
 FaultFn = Callable[[int, str], str | None]
 
 
@@ -42,23 +42,37 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock = self.request
         sock.settimeout(10)
-        for path in request_paths(sock):
-            if not self.server.respond(sock, path):
-                return
+        try:
+            for path in request_paths(sock):
+                if not self.server.respond(sock, path):
+                    return
+        except OSError:  # the client went away (a killed pull): nothing to answer
+            return
 
 
 class FaultServer(socketserver.ThreadingTCPServer):
+    """Serves ``root``; ``fault(index, path)`` names the misbehaviour for a request.
+
+    ``pause_after=N``: once N ``.filez`` requests were answered, every further request
+    waits until the test sets :attr:`resume` (:attr:`paused` tells it one is waiting), so a
+    test can act in the middle of a pull whatever the machine's speed.
+    """
+
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, root: Path, fault: FaultFn | None = None, stall: float = 1.0,
-                 delay: float = 0.0, close_every: int = 0) -> None:
+    def __init__(self, root: Path, fault: FaultFn | None = None, close_every: int = 0,
+                 pause_after: int | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = root
         self.fault = fault
-        self.stall = stall
-        self.delay = delay
         self.close_every = close_every  # announce Connection: close (nginx's keepalive_requests)
+        self.pause_after = pause_after
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+        self.filez_answered = 0
+        self.hangups = 0  # stalled connections the client gave up on (its read timeout)
+        self.hung_up = threading.Condition()
         self.count = 0
         self.lock = threading.Lock()
         self.injected: list[tuple[int, str, str]] = []
@@ -70,8 +84,26 @@ class FaultServer(socketserver.ThreadingTCPServer):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.resume.set()
         self.shutdown()
         self.server_close()
+
+    def wait_hangups(self, n: int) -> bool:
+        """True once the client has hung up on ``n`` stalled connections (the server
+        notices a moment after the client's pull returned)."""
+        with self.hung_up:
+            return self.hung_up.wait_for(lambda: self.hangups >= n, HOLD_LIMIT)
+
+    def _gate(self, path: str) -> None:
+        if self.pause_after is None:
+            return
+        with self.lock:
+            if self.filez_answered < self.pause_after:
+                self.filez_answered += path.endswith(".filez")
+                return
+        self.paused.set()
+        if not self.resume.wait(HOLD_LIMIT):
+            raise RuntimeError(f"the test never resumed the server within {HOLD_LIMIT} s")
 
     def _file(self, path: str) -> bytes | None:
         rel = unquote(path).lstrip("/")
@@ -83,8 +115,7 @@ class FaultServer(socketserver.ThreadingTCPServer):
     def respond(self, sock: socket.socket, path: str) -> bool:
         """Answer one request; False closes the connection."""
         body = self._file(path)
-        if self.delay:
-            time.sleep(self.delay)
+        self._gate(path)
         with self.lock:
             index = self.count
             self.count += 1
@@ -136,8 +167,11 @@ def _misbehave(server: FaultServer, sock: socket.socket, path: str, body: bytes,
     if kind == "500":
         sock.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
         return True
-    if kind == "stall":
-        time.sleep(server.stall)
+    if kind == "stall":  # say nothing until the client's read timeout makes it hang up
+        if _hold(sock):
+            with server.hung_up:
+                server.hangups += 1
+                server.hung_up.notify_all()
         sock.close()
         return False
     if kind == "reset":
@@ -150,8 +184,35 @@ def _misbehave(server: FaultServer, sock: socket.socket, path: str, body: bytes,
     raise ValueError(kind)
 
 
-def every(n: int, kind: str) -> FaultFn:
-    return lambda i, _p: kind if i % n == n - 1 else None
+def _hold(sock: socket.socket) -> bool:
+    """Send nothing; True once the client closes the connection (within HOLD_LIMIT s)."""
+    sock.settimeout(HOLD_LIMIT)
+    try:
+        while sock.recv(65536):  # pipelined requests behind the stalled one
+            pass
+    except TimeoutError:
+        return False
+    except OSError:  # reset by the client: it gave up too
+        return True
+    return True
+
+
+def first_tries(kind: str, tries: int, paths: set[str]) -> FaultFn:
+    """``kind`` for the first ``tries`` requests of each of ``paths``, then the real file.
+
+    Counted per path, so the faults a pull meets do not depend on the order in which its
+    concurrent connections' requests happen to arrive.
+    """
+    seen: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def fault(_i: int, path: str) -> str | None:
+        if path not in paths:
+            return None
+        with lock:
+            seen[path] = seen.get(path, 0) + 1
+            return kind if seen[path] <= tries else None
+    return fault
 
 
 def at(index: int, kind: str) -> FaultFn:
@@ -162,4 +223,4 @@ def data_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-__all__ = ["KINDS", "FaultServer", "at", "every", "os"]
+__all__ = ["KINDS", "FaultServer", "at", "first_tries", "os"]

@@ -21,11 +21,21 @@ from atomicedge.remote.summary_cache import CACHE_DIR
 from atomicedge.trust import gpg
 
 
-def _requests(capsys: pytest.CaptureFixture[str]) -> list[str]:
-    """``GET /path STATUS`` for each request the server logged since the last call."""
-    time.sleep(0.1)  # the server flushes its log lines in bursts
-    return [" ".join(line.split()[:3]) for line in capsys.readouterr().out.splitlines()
-            if line.startswith("GET ")]
+def _requests(capsys: pytest.CaptureFixture[str], *expected: str) -> list[str]:
+    """``GET /path STATUS`` for each request the server logged since the last call.
+
+    The server logs a file reply once its head is out, so a client can have its answer
+    (a 304) a moment before the line exists: this polls until every ``expected`` line is
+    there (generous deadline; the caller's assertions then judge what was logged).
+    """
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while True:
+        lines += [" ".join(line.split()[:3]) for line in capsys.readouterr().out.splitlines()
+                  if line.startswith("GET ")]
+        if all(e in lines for e in expected) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)
 
 
 def _sign(repo: Repo, gpg_keys: tuple[Path, str, Path]) -> None:
@@ -40,17 +50,18 @@ def _client(path: Path, url: str) -> Repo:
 
 
 def _pull_twice(repo: Repo, path: Path, capsys: pytest.CaptureFixture[str],
-                between: Callable[[], object] = lambda: None
+                expect: tuple[str, ...], between: Callable[[], object] = lambda: None
                 ) -> tuple[Repo, list[str], list[str], PullResult]:
-    """Two pulls of ``main`` from a logging server: the client, the requests each made,
-    and the second pull's result (``between`` runs on the server side in between)."""
+    """Two pulls of ``main`` from a logging server: the client, the requests each made
+    (the second once ``expect`` are logged), and the second pull's result (``between``
+    runs on the server side in between)."""
     with Server(repo.path, quiet=False) as srv:
         dst = _client(path, srv.url)
         pull(dst, "origin", ["main"])
-        first = _requests(capsys)
+        first = _requests(capsys, "GET /summary 200")
         between()
         res = pull(dst, "origin", ["main"])
-        return dst, first, _requests(capsys), res
+        return dst, first, _requests(capsys, *expect), res
 
 
 def test_unchanged_signed_summary_is_revalidated_not_downloaded(
@@ -58,7 +69,8 @@ def test_unchanged_signed_summary_is_revalidated_not_downloaded(
         capsys: pytest.CaptureFixture[str]) -> None:
     repo, _csum = src_repo
     _sign(repo, gpg_keys)
-    dst, first, second, _res = _pull_twice(repo, tmp_path / "d", capsys)
+    dst, first, second, _res = _pull_twice(repo, tmp_path / "d", capsys,
+                                           ("GET /summary.sig 304",))
     assert "GET /summary 200" in first
     assert "GET /summary.sig 304" in second
     assert not any(r.startswith("GET /summary ") for r in second), second
@@ -71,7 +83,8 @@ def test_unsigned_summary_is_revalidated_by_its_own_etag(
         capsys: pytest.CaptureFixture[str]) -> None:
     """Beyond ostree 2022.7, which downloads an unsigned summary on every pull."""
     repo, _csum = src_repo
-    _dst, _first, second, _res = _pull_twice(repo, tmp_path / "d", capsys)
+    _dst, _first, second, _res = _pull_twice(repo, tmp_path / "d", capsys,
+                                             ("GET /summary 304",))
     assert "GET /summary.sig 404" in second and "GET /summary 304" in second
 
 
@@ -87,7 +100,8 @@ def test_a_new_publication_replaces_the_cached_copy(
                                         subject="v2"))
         _sign(repo, gpg_keys)
 
-    dst, _first, second, res = _pull_twice(repo, tmp_path / "d", capsys, publish_v2)
+    dst, _first, second, res = _pull_twice(repo, tmp_path / "d", capsys,
+                                           ("GET /summary 200",), publish_v2)
     assert res.refs["main"] == commits[0]
     assert "GET /summary.sig 200" in second and "GET /summary 200" in second
     assert (dst.path / CACHE_DIR / "origin").read_bytes() == \
@@ -126,14 +140,14 @@ def test_ostree_and_we_reuse_each_others_cached_summary(
     with Server(repo.path, quiet=False) as srv:
         ours_first = ostree_client(tmp_path / "a", srv.url, "--no-gpg-verify")
         pull(Repo.open(ours_first), "origin", ["main"])
-        _requests(capsys)
+        _requests(capsys, "GET /summary 200")
         run("ostree", f"--repo={ours_first}", "pull", "origin", "main")
-        by_ostree = _requests(capsys)
+        by_ostree = _requests(capsys, "GET /summary.sig 304")
         theirs_first = ostree_client(tmp_path / "b", srv.url, "--no-gpg-verify")
         run("ostree", f"--repo={theirs_first}", "pull", "origin", "main")
-        _requests(capsys)
+        _requests(capsys, "GET /summary 200")
         pull(Repo.open(theirs_first), "origin", ["main"])
-        by_us = _requests(capsys)
+        by_us = _requests(capsys, "GET /summary.sig 304")
     for reqs in (by_ostree, by_us):
         assert "GET /summary.sig 304" in reqs, reqs
         assert not any(r.startswith("GET /summary ") for r in reqs), reqs

@@ -113,7 +113,7 @@ def commit_directory(repo: Repo, src: str | os.PathLike[str], *,
 
 def _resolve_parent(repo: Repo, opts: CommitOptions) -> str | None:
     if opts.branch:
-        repo._ref_path(opts.branch)  # validate before any work
+        repo.ref_path(opts.branch)  # validate before any work
     if opts.parent == "none":
         return None
     if opts.parent:

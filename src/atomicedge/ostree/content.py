@@ -7,9 +7,9 @@ regular files holding ``target\\0``). The checksum is the same in every mode.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
-from typing import TYPE_CHECKING
 
 try:  # ISA-L: 3-5x zlib's deflate, 2x its inflate; raw deflate streams are standard
     from isal import isal_zlib as fast_zlib
@@ -18,10 +18,8 @@ except ImportError:  # the device agent in an image runs on Debian's python3, wi
 
 from atomicedge.errors import CorruptionError, NotFoundError
 from atomicedge.ostree import objects as ob
+from atomicedge.ostree.layout import RepoLayout
 from atomicedge.ostree.objects import FileHeader, ObjectType
-
-if TYPE_CHECKING:
-    from atomicedge.ostree.repo import Repo
 
 InflateError: type[Exception] = fast_zlib.error  # type: ignore[assignment]  # stub: instance
 OSTREEMETA = "user.ostreemeta"
@@ -65,7 +63,7 @@ def encode_filez(h: FileHeader, content: bytes, level: int = 1) -> bytes:
     return ob.archive_header_bytes(h, len(content)) + deflate_raw(content, level)
 
 
-def load_content(repo: Repo, csum: str) -> tuple[FileHeader, bytes]:
+def load_content(repo: RepoLayout, csum: str) -> tuple[FileHeader, bytes]:
     path = repo.object_path(ob.validate_checksum(csum), ObjectType.FILE)
     try:
         if repo.is_archive:
@@ -91,8 +89,28 @@ def load_content(repo: Repo, csum: str) -> tuple[FileHeader, bytes]:
     return FileHeader(0, 0, st.st_mode, ""), _read(path)
 
 
+def read_xattrs(path: str | os.PathLike[str]) -> ob.Xattrs:
+    """All xattrs of ``path`` (not following symlinks), NUL-terminated names, sorted."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return ()
+        raise
+    out = []
+    for name in names:
+        try:
+            value = os.getxattr(path, name, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                continue
+            raise
+        out.append((name.encode() + b"\0", value))
+    out.sort()
+    return tuple(out)
+
+
 def _load_bare(path: os.PathLike[str] | str, st: os.stat_result) -> tuple[FileHeader, bytes]:
-    from atomicedge.ostree.repo import read_xattrs
     xattrs = read_xattrs(path)
     if stat.S_ISLNK(st.st_mode):
         return FileHeader(st.st_uid, st.st_gid, st.st_mode, os.readlink(path), xattrs), b""

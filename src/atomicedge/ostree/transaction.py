@@ -19,16 +19,13 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from atomicedge.errors import CorruptionError
 from atomicedge.fsutil import boot_id, syncfs
 from atomicedge.ostree import objects as ob
 from atomicedge.ostree.content import write_object_file, write_plain
+from atomicedge.ostree.layout import RepoLayout
 from atomicedge.ostree.objects import FileHeader, ObjectType
-
-if TYPE_CHECKING:
-    from atomicedge.ostree.repo import Repo
 
 # a test hook: crash (os._exit) right before the Nth rename into objects/ or ref update
 _CRASH_ENV = "ATOMICEDGE_CRASH_AT"
@@ -36,7 +33,7 @@ _OUR_STAGING = re.compile(r"^staging-[0-9a-f]{32}-[0-9a-f]{8}$")
 
 
 class Transaction:
-    def __init__(self, repo: Repo) -> None:
+    def __init__(self, repo: RepoLayout) -> None:
         self.repo = repo
         self._pending: dict[tuple[str, ObjectType], str] = {}
         self._refs: dict[str, str | None] = {}
@@ -49,7 +46,7 @@ class Transaction:
         self.fsync = repo.fsync_enabled
 
     @classmethod
-    def attach(cls, repo: Repo, staging: Path) -> Transaction:
+    def attach(cls, repo: RepoLayout, staging: Path) -> Transaction:
         """A writer into another transaction's staging dir (a forked pull worker): it
         stages objects and hands :meth:`staged` back; the owner commits them."""
         tx = cls(repo)
@@ -156,7 +153,7 @@ class Transaction:
         self._add(csum, objtype, path)
 
     def set_ref(self, ref: str, csum: str | None) -> None:
-        self.repo._ref_path(ref)  # validates the name now, not at commit time
+        self.repo.ref_path(ref)  # validates the name now, not at commit time
         self._refs[ref] = csum
 
     # -- commit ------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Choice (libostree's rules, minus its bug #2680): candidates come from the TO com
 delta index, else the summary's ``ostree.static-deltas``; prefer ``FROM-TO`` where FROM is a
 complete local commit (the ref's current commit first), use a from-scratch delta only when
 no FROM fits. The superblock must hash to the advertised digest, its commit to TO; the
-commit's signature is checked (by :meth:`Puller.store_commit`) before any part is applied.
+commit's signature is checked (by :meth:`TreePuller.store_commit`) before any part is applied.
 Parts whose objects are all present are skipped; afterwards the normal tree walk fetches
 only objects still missing (normally none), so the wire carries the delta and nothing else.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from atomicedge.delta import format as df
 from atomicedge.delta.apply import decode_part, run_part
@@ -22,18 +22,17 @@ from atomicedge.errors import CorruptionError, NotFoundError
 from atomicedge.ostree import forkpool
 from atomicedge.ostree import objects as ob
 from atomicedge.ostree.objects import ObjectType
-
-if TYPE_CHECKING:
-    from atomicedge.ostree.transaction import Transaction
-    from atomicedge.remote.pull import Puller
+from atomicedge.ostree.transaction import Transaction
+from atomicedge.remote.context import PullContext
+from atomicedge.remote.trees import TreePuller
 
 log = logging.getLogger(__name__)
 
 
-def _advertised(puller: Puller, to_csum: str) -> dict[str, str] | None:
+def _advertised(ctx: PullContext, to_csum: str) -> dict[str, str] | None:
     """Delta name -> superblock digest for deltas to ``to_csum``; None if unknown."""
-    index = puller.fetcher.fetch(df.index_relpath(to_csum), max_size=16 * 1024 * 1024,
-                                 optional=True, validate=ob.decode_metadata_dict)
+    index = ctx.fetcher.fetch(df.index_relpath(to_csum), max_size=16 * 1024 * 1024,
+                              optional=True, validate=ob.decode_metadata_dict)
     if index is not None:
         meta = ob.decode_metadata_dict(index)
         v = meta.get("ostree.static-deltas")
@@ -41,22 +40,22 @@ def _advertised(puller: Puller, to_csum: str) -> dict[str, str] | None:
             return {}
         return {n: bytes(d.value).hex() for n, d in v.value.items()
                 if d.type == "ay" and len(d.value) == 32}
-    if puller.summary is not None:
-        return {n: d for n, d in puller.summary.deltas.items() if n.endswith(to_csum)}
+    if ctx.summary is not None:
+        return {n: d for n, d in ctx.summary.deltas.items() if n.endswith(to_csum)}
     return None
 
 
-def _complete(puller: Puller, csum: str) -> bool:
-    repo = puller.repo
+def _complete(ctx: PullContext, csum: str) -> bool:
+    repo = ctx.repo
     return repo.has_object(csum, ObjectType.COMMIT) and not repo.is_partial(csum)
 
 
-def choose(puller: Puller, ref: str, to_csum: str,
+def choose(ctx: PullContext, ref: str, to_csum: str,
            advertised: dict[str, str] | None) -> tuple[str | None, str | None]:
     """(from or None for scratch, expected digest or None) — or raise NotFoundError."""
-    local = puller.repo.read_ref(puller._local_ref(ref))
+    local = ctx.repo.read_ref(ctx.local_ref(ref))
     if advertised is None:  # no index, no summary: speculate like ostree
-        if local and _complete(puller, local):
+        if local and _complete(ctx, local):
             return local, None
         if local is None:
             return None, None
@@ -66,20 +65,21 @@ def choose(puller: Puller, ref: str, to_csum: str,
         frm, to = df.parse_delta_name(name)
         if to == to_csum:
             froms[frm] = digest
-    if local in froms and local is not None and _complete(puller, local):
+    if local in froms and local is not None and _complete(ctx, local):
         return local, froms[local]
     for frm, digest in froms.items():
-        if frm is not None and _complete(puller, frm):
+        if frm is not None and _complete(ctx, frm):
             return frm, digest
     if None in froms and local is None:
         return None, froms[None]
     raise NotFoundError(f"no usable static delta to {to_csum}")
 
 
-def try_delta(puller: Puller, ref: str, to_csum: str) -> bool:
+def try_delta(trees: TreePuller, ref: str, to_csum: str) -> bool:
     """Pull ``to_csum`` through a static delta if one fits; False to fall back to objects."""
+    ctx = trees.ctx
     try:
-        frm, digest = choose(puller, ref, to_csum, _advertised(puller, to_csum))
+        frm, digest = choose(ctx, ref, to_csum, _advertised(ctx, to_csum))
         relpath = df.delta_relpath(frm, to_csum)
         def check(d: bytes) -> None:
             if digest is not None and hashlib.sha256(d).hexdigest() != digest:
@@ -87,12 +87,12 @@ def try_delta(puller: Puller, ref: str, to_csum: str) -> bool:
                                       "match the digest the server advertises")
             df.parse_superblock(df.unwrap_signed(d)[0])
 
-        data = puller.fetcher.fetch(f"{relpath}/superblock", max_size=df.MAX_SUPERBLOCK,
-                                    optional=True, validate=check)
+        data = ctx.fetcher.fetch(f"{relpath}/superblock", max_size=df.MAX_SUPERBLOCK,
+                                 optional=True, validate=check)
         if data is None:
             raise NotFoundError(f"no static delta {df.delta_name(frm, to_csum)}")
     except NotFoundError as exc:
-        if puller.opts.require_static_deltas:
+        if ctx.opts.require_static_deltas:
             raise NotFoundError(f"{exc.message} (--require-static-deltas)") from None
         log.info("object pull for %s: %s", to_csum, exc.message)
         return False
@@ -100,61 +100,62 @@ def try_delta(puller: Puller, ref: str, to_csum: str) -> bool:
         raise CorruptionError(f"static delta superblock for {to_csum} does not match the "
                               "digest the server advertises")
     inner, sigs = df.unwrap_signed(data)
-    if sigs is not None and puller.policy.ed25519:  # signed, and we have trusted keys
+    if sigs is not None and ctx.policy.ed25519:  # signed, and we have trusted keys
         try:
-            df.verify_superblock(data, puller.policy.ed25519_keys,
-                              f"static delta {df.delta_name(frm, to_csum)}")
+            df.verify_superblock(data, ctx.policy.ed25519_keys,
+                                 f"static delta {df.delta_name(frm, to_csum)}")
         except CorruptionError as exc:
-            if puller.opts.require_static_deltas:
+            if ctx.opts.require_static_deltas:
                 raise
             log.warning("not using the static delta: %s; pulling objects", exc.message)
             return False
     sb = df.parse_superblock(inner)
     if sb.to_csum != to_csum or sb.from_csum != frm:
         raise CorruptionError("static delta superblock names other commits than its path")
-    _apply(puller, ref, sb, relpath)
-    puller.stats.deltas.append(df.delta_name(frm, to_csum))
+    _apply(trees, ref, sb, relpath)
+    ctx.stats.deltas.append(df.delta_name(frm, to_csum))
     return True
 
 
-def _apply(puller: Puller, ref: str, sb: df.Superblock, relpath: str) -> None:
+def _apply(trees: TreePuller, ref: str, sb: df.Superblock, relpath: str) -> None:
+    ctx = trees.ctx
     if hashlib.sha256(sb.commit).hexdigest() != sb.to_csum:
         raise CorruptionError("static delta carries a commit that does not match TO")
     meta: dict[str, Any] | None = sb.detached_meta(relpath)
     if meta is None:
-        raw = puller.fetcher.fetch(f"objects/{sb.to_csum[:2]}/{sb.to_csum[2:]}.commitmeta",
-                                   max_size=puller.opts.max_metadata_size, optional=True,
-                                   validate=ob.decode_metadata_dict)
+        raw = ctx.fetcher.fetch(f"objects/{sb.to_csum[:2]}/{sb.to_csum[2:]}.commitmeta",
+                                max_size=ctx.opts.max_metadata_size, optional=True,
+                                validate=ob.decode_metadata_dict)
         meta = ob.decode_metadata_dict(raw) if raw is not None else None
-    puller.stats.phase = "delta"
-    puller.store_commit(sb.to_csum, sb.commit, meta, ref)
+    ctx.stats.phase = "delta"
+    trees.store_commit(sb.to_csum, sb.commit, meta, ref)
     fallbacks = [(f.checksum, f.objtype) for f in sb.fallbacks]
-    puller.stats.objects_total += sum(len(p.objects) for p in sb.parts)
+    ctx.stats.objects_total += sum(len(p.objects) for p in sb.parts)
     if fallbacks:  # fetch_objects counts these
-        puller.fetch_objects(fallbacks)
+        trees.fetch_objects(fallbacks)
     todo = [(i, h) for i, h in enumerate(sb.parts)
-            if not all(puller.repo.has_object(c, t) for t, c in h.objects)]
-    puller.stats.objects_done += sum(len(h.objects) for h in sb.parts) - sum(
-        len(h.objects) for _i, h in todo)
+            if not all(ctx.repo.has_object(c, t) for t, c in h.objects)]
+    ctx.count(done=sum(len(h.objects) for h in sb.parts) - sum(
+        len(h.objects) for _i, h in todo))
 
     if len(todo) > 1 and forkpool.workers() > 1:
         # parts are independent (their only sources are objects of FROM, already here),
         # so forked workers take them in any order, one transaction per part
-        puller.workers.stage(
+        trees.workers.stage(
             [[(_run_part, (sb.inline_part(relpath, i), relpath, i, h))] for i, h in todo],
-            lambda g: _part_done(puller, todo[g][1]))
+            lambda g: _part_done(ctx, todo[g][1]))
     else:
         with ThreadPoolExecutor(max_workers=2) as pool:  # download/inflate the next part
             for (_i, header), payload in zip(todo, pool.map(
-                    lambda item: fetch_decode(puller, sb.inline_part(relpath, item[0]),
-                                              relpath, *item), todo), strict=True):
-                with puller.repo.transaction() as tx:
-                    run_part(puller.repo, tx, payload, header)
-                _part_done(puller, header)
-    puller.pull_tree(sb.to_csum)
+                    lambda item: fetch_decode(ctx, sb.inline_part(relpath, item[0]),
+                                           relpath, *item), todo), strict=True):
+                with ctx.repo.transaction() as tx:
+                    run_part(ctx.repo, tx, payload, header)
+                _part_done(ctx, header)
+    trees.pull_tree(sb.to_csum)
 
 
-def fetch_decode(puller: Puller, inline: bytes | None, relpath: str, i: int,
+def fetch_decode(ctx: PullContext, inline: bytes | None, relpath: str, i: int,
                  header: df.PartHeader) -> df.PartPayload:
     """Part ``i`` (``inline`` if the superblock carries it), checked and inflated."""
     part = inline
@@ -162,18 +163,18 @@ def fetch_decode(puller: Puller, inline: bytes | None, relpath: str, i: int,
         def check(d: bytes) -> None:
             if hashlib.sha256(d).hexdigest() != header.checksum:
                 raise CorruptionError("static delta part has the wrong checksum")
-        part = puller.content.fetch(f"{relpath}/{i}", max_size=header.size, validate=check)
+        part = ctx.content.fetch(f"{relpath}/{i}", max_size=header.size, validate=check)
         assert part is not None
     return decode_part(part, header, check_digest=False)
 
 
-def _part_done(puller: Puller, header: df.PartHeader) -> None:
-    puller.stats.delta_parts += 1
-    puller.stats.objects_done += len(header.objects)
-    puller.tick()
+def _part_done(ctx: PullContext, header: df.PartHeader) -> None:
+    ctx.stats.delta_parts += 1
+    ctx.count(done=len(header.objects))
+    ctx.tick()
 
 
-def _run_part(p: Puller, tx: Transaction, inline: bytes | None, relpath: str, i: int,
+def _run_part(ctx: PullContext, tx: Transaction, inline: bytes | None, relpath: str, i: int,
               header: df.PartHeader) -> None:
     """A forked worker's task: download, inflate and execute one part."""
-    run_part(p.repo, tx, fetch_decode(p, inline, relpath, i, header), header)
+    run_part(ctx.repo, tx, fetch_decode(ctx, inline, relpath, i, header), header)

@@ -13,6 +13,10 @@ flaky edge link from hurting the repository live in one place:
 
 ``file://`` URLs are read straight from disk with the same caps, so a USB stick or an NFS
 mount works like a server.
+
+Devices run this on Debian 12's own python3, whose urllib3 is 1.26: only API that 1.26 and
+2.x share is used (tests/net/test_debian_runtime.py pulls with it), and what differs in
+their defaults is set explicitly (``enforce_content_length``, off by default in 1.26).
 """
 
 from __future__ import annotations
@@ -229,12 +233,13 @@ class Fetcher:
         url = f"{self.url}/{quote(path)}"
         try:
             resp = self._host.urlopen("GET", f"{self._base}/{quote(path)}", headers=headers,
-                                      preload_content=False, redirect=False, retries=False)
+                                      preload_content=False, redirect=False, retries=False,
+                                      enforce_content_length=True)
             if 300 <= resp.status < 400 and resp.status != 304:
                 resp.drain_conn()
                 resp.release_conn()
                 resp = self._pool.request("GET", url, headers=headers, preload_content=False,
-                                          redirect=True)
+                                          redirect=True, enforce_content_length=True)
         except Urllib3Error as exc:
             self._count(0)
             raise _Transient(str(exc)) from None
@@ -267,6 +272,7 @@ class Fetcher:
         finally:
             resp.release_conn()
 
+    # (annotations only: urllib3 1.26 has no BaseHTTPResponse, its responses are HTTPResponse)
     def _read_declared(self, resp: urllib3.BaseHTTPResponse) -> bytes:
         """One read of a body whose Content-Length is known (urllib3 enforces it)."""
         try:
