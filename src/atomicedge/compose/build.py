@@ -28,7 +28,7 @@ from pathlib import Path
 
 from atomicedge.compose import cache as cache_mod
 from atomicedge.compose import depsolve as ds
-from atomicedge.compose import mmdebstrap, ostreeprep
+from atomicedge.compose import incremental, mmdebstrap, ostreeprep
 from atomicedge.compose.apt import AptState, Sources, host_arch
 from atomicedge.compose.blueprint import Blueprint
 from atomicedge.compose.custom import accounts, files, firewall, services, system
@@ -202,9 +202,13 @@ def _package_tree(req: ComposeRequest, trees: cache_mod.TreeCache, key: str,
     if req.use_cache and trees.has(key):
         steps.note(f"package tree cached ({key[:12]})")
         return True
+    bp = req.blueprint
+    meta = cache_mod.TreeMeta.of(bp.distro, bp.suite, state.arch, state.sources.key, res)
+    if req.use_cache and incremental.from_cache(trees, key, state, meta, steps):
+        return False
     with steps.step(f"mmdebstrap ({len(res.packages)} packages)"):
         trees.build(key, lambda tmp: mmdebstrap.build_tree(state, req.blueprint.suite,
-                                                           list(res.includes), tmp))
+                                                           list(res.includes), tmp), meta)
     return False
 
 

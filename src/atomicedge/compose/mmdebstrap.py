@@ -30,6 +30,14 @@ INITRAMFS_HOOK = (
     '"/boot/initrd.img-$v" "$v"; fi; done')
 
 
+def drop_backups(target: Path) -> None:
+    """Delete dpkg's ``*-old`` backups (status-old: the status before dpkg's last write). They
+    record build history, not the installed system — an incremental build's differ from a clean
+    one's — and nothing on a device reads them; dpkg writes a new one on its next change."""
+    for backup in (target / "var/lib/dpkg").glob("*-old"):
+        backup.unlink()
+
+
 def unmount_below(target: Path) -> None:
     """Lazily unmount everything mounted at or below ``target`` (deepest first)."""
     prefix = str(target.resolve())
@@ -72,3 +80,4 @@ def build_tree(state: AptState, suite: str, includes: list[str], target: Path) -
         remove_tree(target)
         raise
     unmount_below(target)
+    drop_backups(target)
