@@ -1,13 +1,33 @@
-"""kill -9 during a commit never leaves a repo that either fsck rejects, nor moves the ref."""
+"""kill -9 inside a commit, at every step: staging each file and each metadata object, the
+syncs, every rename into ``objects/``, the ref update.
+
+Every kill starts from a fresh copy of a repository whose ``main`` is v1, runs the commit of
+the v2 tree in a forked child and SIGKILLs it when it reports the chosen step
+(``tests/crashkit.py``): a kill counts only if the child reached that step and died of SIGKILL
+there, never a commit that finished.  After every kill:
+
+* ``main`` is still v1 before the ref step and the complete v2 after it (real
+  ``ostree rev-parse`` reads the same);
+* our fsck (which re-hashes every loose object, so a half-written object in ``objects/``
+  fails it) and real ``ostree fsck`` pass;
+* the commit is run again and succeeds, with the same root tree as an uninterrupted commit
+  (parent: whatever ``main`` was), the dead writer's staging directory is gone, and both fscks
+  pass again.
+
+A second test does the same on a tree of more than 256 files, whose files are staged by forked
+workers: it kills a worker at its first file and mid-way through its files, and the main
+process after the staging sync, at the first, middle and last rename and after the ref update.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
-import random
-import signal
+import struct
 import subprocess
-import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,91 +35,156 @@ import pytest
 from atomicedge.ostree.commit import commit_directory
 from atomicedge.ostree.fsck import fsck
 from atomicedge.ostree.repo import Repo
-from tests.store.conftest import make_rich_tree, ostree
+from tests import crashkit
+from tests.store.conftest import OSTREE, make_rich_tree, ostree
 
-ATOMICEDGE = [sys.executable, "-m", "atomicedge.cli.main"]
+TIMESTAMP = 1_700_000_000  # fixed: an uninterrupted commit of the same tree has one checksum
 
 
-def _many_files_tree(root: Path, n: int, salt: str) -> Path:
-    make_rich_tree(root)
+def _tree(root: Path, n: int, salt: str) -> Path:
+    make_rich_tree(root)  # xattrs, setuid, odd owners, symlinks, empty dirs and files
+    # a smaller random file than the rich tree's 3 MiB: every kill runs four fscks
+    (root / "usr/lib/big.bin").write_bytes(os.urandom(64 * 1024))
     for i in range(n):
-        d = root / "usr/share/many" / f"d{i % 17}"
+        d = root / "usr/share/many" / f"d{i % 7}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"f{i}").write_text(f"{salt} file {i}\n" * (i % 50 + 1))
     return root
 
 
-def _commit_cmd(repo: Path, tree: Path) -> list[str]:
-    return [*ATOMICEDGE, "repo", "commit", "--repo", str(repo), "-b", "main",
-            "-s", "crashy", str(tree)]
-
-
-def _assert_consistent(repo_path: Path, expected_ref: str, *, may_advance: bool = False) -> None:
-    """Both fscks pass; the ref is unchanged, or (killed after the ref moved but before the
-    checksum was printed) it points at a complete child commit of the old one."""
-    out = ostree(f"--repo={repo_path}", "fsck", check=False)
-    assert out.returncode == 0, out.stderr
-    repo = Repo.open(repo_path)
-    assert fsck(repo).ok
-    ref = repo.read_ref("main")
-    if may_advance and ref != expected_ref:
-        assert ref is not None and repo.load_commit(ref).parent == expected_ref
-        return
-    assert ref == expected_ref
+@dataclass(frozen=True)
+class Setup:
+    work: Path
+    base: Path   # archive repo, main = v1
+    v1: str
+    small: Path  # v2 tree: new files in new and old directories, most of the rich tree shared
+    big: Path    # v2 tree with 300 new files: staged by forked workers
 
 
 @pytest.fixture(scope="module")
-def crash_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, str]:
-    base = tmp_path_factory.mktemp("crash")
-    repo = Repo.init(base / "repo", "archive")
-    v1 = commit_directory(repo, _many_files_tree(base / "t1", 50, "v1"), branch="main",
-                          subject="v1")
-    tree2 = _many_files_tree(base / "t2", 600, "v2")  # ~640 objects to rename
-    tree3 = _many_files_tree(base / "t3", 30, "v3")
-    return repo.path, tree2, tree3, v1
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    trees = tmp_path_factory.mktemp("crash-trees")  # on disk: the trees carry user xattrs
+    with crashkit.scratch("store-crash") as work:
+        repo = Repo.init(work / "base", "archive")
+        v1 = commit_directory(repo, _tree(trees / "v1", 10, "v1"), branch="main", subject="v1",
+                              timestamp=TIMESTAMP)
+        small = _tree(trees / "small", 10, "v2")
+        (small / "usr/share/many/d0/f0").unlink()  # a deleted file
+        big = _tree(trees / "big", 300, "big")
+        yield Setup(work, repo.path, v1, small, big)
 
 
-@pytest.mark.parametrize("step", [1, 2, 50, 300, 640, 10_000])
-def test_kill9_at_each_rename_step_keeps_repo_valid(crash_env: tuple[Path, Path, Path, str],
-                                                    step: int) -> None:
-    repo_path, tree2, tree3, _ = crash_env
-    before = Repo.open(repo_path).read_ref("main")
-    assert before is not None
-    env = {**os.environ, "ATOMICEDGE_CRASH_AT": str(step)}
-    proc = subprocess.run(_commit_cmd(repo_path, tree2), env=env, capture_output=True)
-    if proc.returncode == 0:
-        # the crash point lay beyond this commit's steps: it completed normally
-        before = Repo.open(repo_path).read_ref("main")
-    else:
-        assert proc.returncode == 137
-    _assert_consistent(repo_path, before or "")
-    # and the repo still accepts commits
-    after = subprocess.run(_commit_cmd(repo_path, tree3), capture_output=True, text=True)
-    assert after.returncode == 0, after.stderr
-    _assert_consistent(repo_path, after.stdout.strip())
+def _commit(repo: Path, tree: Path) -> Callable[[], str]:
+    return lambda: commit_directory(Repo.open(repo), tree, branch="main", subject="v2",
+                                    timestamp=TIMESTAMP)
 
 
-def test_kill9_at_random_moments_keeps_repo_valid(crash_env: tuple[Path, Path, Path, str]) -> None:
-    repo_path, tree2, tree3, _ = crash_env
-    seed = int(os.environ.get("CRASH_SEED", str(int(time.time()))))
-    rng = random.Random(seed)
-    t0 = time.monotonic()
-    subprocess.run(_commit_cmd(repo_path, tree2), check=True, capture_output=True)
-    duration = time.monotonic() - t0
-    for i in range(16):
-        # a fresh tree each round so every commit has real work to do
-        tree = _many_files_tree(repo_path.parent / f"r{i}", 300, f"round{i}-{seed}")
-        before = Repo.open(repo_path).read_ref("main")
-        proc = subprocess.Popen(_commit_cmd(repo_path, tree), stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, duration))
-        proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate()
-        expected = out.decode().strip() if proc.returncode == 0 else before
-        assert expected
-        try:
-            _assert_consistent(repo_path, expected, may_advance=proc.returncode != 0)
-        except AssertionError as exc:
-            raise AssertionError(f"round {i}, seed {seed}: {exc}") from exc
-    ok = subprocess.run(_commit_cmd(repo_path, tree3), capture_output=True, text=True)
-    assert ok.returncode == 0
+def _fscks(repo_path: Path) -> None:
+    """Ours and real ``ostree fsck`` (run side by side)."""
+    real = subprocess.Popen([OSTREE or "ostree", f"--repo={repo_path}", "fsck"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        report = fsck(Repo.open(repo_path))
+    finally:
+        out = real.communicate()[0]
+    assert report.ok, report.as_dict()
+    assert real.returncode == 0, out
+
+
+def _reference(s: Setup, tree: Path) -> tuple[list[str], str]:
+    """The commit's fault points and the commit it makes, uninterrupted (on a copy)."""
+    probe = crashkit.copy_tree(s.base, s.work / f"probe-{tree.name}")
+    points = crashkit.record(_commit(probe, tree))
+    v2 = Repo.open(probe).read_ref("main")
+    assert v2 is not None and v2 != s.v1
+    return points, v2
+
+
+def _assert_lock_free(repo_path: Path) -> None:
+    """No survivor of the kill (a forked worker shares the lock's open file description)
+    still holds the repository lock: an exclusive lock can be had (within a minute)."""
+    fd = os.open(repo_path / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK,
+                                                               0, 0, 0, 0))
+                return
+            except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held
+                assert time.monotonic() < deadline, "the killed commit's lock is still held"
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
+
+
+def _check_kill(s: Setup, repo_path: Path, tree: Path, kill: crashkit.Kill, v2: str) -> None:
+    moved = "ref-written" in kill.points
+    _assert_lock_free(repo_path)
+    repo = Repo.open(repo_path)
+    assert repo.read_ref("main") == (v2 if moved else s.v1), f"killed at {kill.name}"
+    real_ref = ostree(f"--repo={repo_path}", "rev-parse", "main").stdout.strip()
+    assert real_ref == (v2 if moved else s.v1)
+    _fscks(repo_path)
+    # the retry: the same commit again, on what the kill left
+    again = _commit(repo_path, tree)()
+    repo = Repo.open(repo_path)
+    assert repo.read_ref("main") == again
+    redone, reference = repo.load_commit(again), repo.load_commit(v2)
+    assert (redone.root_tree, redone.root_meta) == (reference.root_tree, reference.root_meta)
+    assert redone.parent == (v2 if moved else s.v1)
+    assert not [p.name for p in (repo_path / "tmp").iterdir() if p.name.startswith("staging-")]
+    _fscks(repo_path)
+
+
+def test_kill9_at_every_step_of_a_commit_keeps_the_repo_valid_and_a_retry_commits(
+        setup: Setup, record_property: Callable[[str, object], None]) -> None:
+    points, v2 = _reference(setup, setup.small)
+    verified = []
+    for n in range(1, len(points) + 1):
+        repo_path = crashkit.copy_tree(setup.base, setup.work / "r")
+        kill = crashkit.kill_at(_commit(repo_path, setup.small), n)
+        if kill is None:
+            continue  # finished before point n: not a kill
+        assert kill.points == tuple(points[:n]), "the commit's steps are not deterministic"
+        _check_kill(setup, repo_path, setup.small, kill, v2)
+        verified.append(kill)
+    steps = {k.name: sum(1 for x in verified if x.name == k.name) for k in verified}
+    print(f"\ncommit: {len(verified)} verified SIGKILLs out of {len(points)} points {steps}")
+    record_property("verified_kills", len(verified))
+    assert {"file-staged", "object-staged", "object-renamed", "ref-written"} <= set(steps)
+    assert len(verified) == len(points)  # every point of the commit was hit
+    assert len(verified) >= 35
+
+
+def test_kill9_in_a_parallel_commit_keeps_the_repo_valid_and_a_retry_commits(
+        setup: Setup, record_property: Callable[[str, object], None]) -> None:
+    points, v2 = _reference(setup, setup.big)
+    renames = [i + 1 for i, p in enumerate(points) if p == "object-renamed"]
+    assert len(renames) > 300
+    at = [points.index(p) + 1 for p in ("staging-synced", "ref-written")]
+    at += [renames[0], renames[len(renames) // 2], renames[-1]]
+    verified = []
+    for n in sorted(at):
+        repo_path = crashkit.copy_tree(setup.base, setup.work / "r")
+        kill = crashkit.kill_at(_commit(repo_path, setup.big), n)
+        if kill is not None:
+            _check_kill(setup, repo_path, setup.big, kill, v2)
+            verified.append(kill)
+    for nth in (1, 30):  # a forked worker, at its first file and mid-way through its files
+        repo_path = crashkit.copy_tree(setup.base, setup.work / "r")
+        kill = crashkit.kill_at_nth(_commit(repo_path, setup.big), "file-staged", nth)
+        if kill is not None:
+            assert kill.in_worker, "files of a big commit are staged by forked workers"
+            _check_kill(setup, repo_path, setup.big, kill, v2)
+            verified.append(kill)
+    print(f"\nparallel commit: {len(verified)} verified SIGKILLs "
+          f"({', '.join(k.name + (' (worker)' if k.in_worker else '') for k in verified)})")
+    record_property("verified_kills", len(verified))
+    assert len(verified) == len(at) + 2 == 7
+
+
+def test_a_commit_that_finishes_is_not_counted_as_a_kill(setup: Setup) -> None:
+    repo_path = crashkit.copy_tree(setup.base, setup.work / "r")
+    assert crashkit.kill_at(_commit(repo_path, setup.small), 10_000) is None
+    assert Repo.open(repo_path).read_ref("main") != setup.v1  # it did commit

@@ -108,11 +108,14 @@ def _install_kernel(sysroot: Sysroot, osname: str, root: Path, bootcsum: str) ->
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copyfile(vmlinuz, tmp / f"vmlinuz-{kver}")
+    faults.step("kernel-file-copied")
     if initramfs is not None:
         shutil.copyfile(initramfs, tmp / f"initramfs-{kver}.img")
+        faults.step("kernel-file-copied")
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
+        faults.step("kernel-file-synced")
     os.rename(tmp, dest)
     fsync_dir(dest.parent)
     faults.step("kernel-copied")
@@ -264,6 +267,7 @@ def stage(sysroot: Sysroot, osname: str, csum: str, origin: Origin,
         state = StagedState(osname, d.name, d.bootcsum, kargs,
                             merge.name if merge else None)
         sysroot.repo.set_ref(STAGED_REF, csum)
+        faults.step("staged-ref-set")
         sysroot.state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(staged_path(sysroot), json.dumps(state.__dict__, indent=1) + "\n")
         faults.step("staged-state-written")
@@ -302,6 +306,7 @@ def _clear_staged(sysroot: Sysroot) -> None:
         faults.step("staged-state-removed")
     if sysroot.repo.read_ref(STAGED_REF):
         sysroot.repo.set_ref(STAGED_REF, None)
+        faults.step("staged-ref-removed")
 
 
 def _drop_staged(sysroot: Sysroot, state: StagedState) -> None:
@@ -383,6 +388,7 @@ def _remove_deployment_dir(sysroot: Sysroot, d: Deployment) -> None:
 def cleanup(sysroot: Sysroot, prune: bool = True) -> dict[str, int]:
     """Remove unreferenced deployments, kernels, temp dirs; prune unreachable objects."""
     with sysroot.lock():
+        sysroot.remove_other_bootversion()
         deps = sysroot.deployments()
         staged = read_staged(sysroot)
         keep = {(d.osname, d.name) for d in deps}

@@ -262,12 +262,28 @@ class Sysroot:
         _rmtree(refdir / str(bv))
         for i, d in enumerate(deps):
             self.repo.set_ref(f"ostree/{bv}/1/{i}", d.csum)
+            faults.step("pin-ref-written")
+
+    def remove_other_bootversion(self) -> bool:
+        """Remove what an interrupted :meth:`write_deployments` left of the inactive
+        bootversion (its ``loader.N``, ``ostree/boot.N*``, pin refs ``ostree/N``), as
+        ``ostree admin cleanup`` does; stale pin refs would keep dead commits forever."""
+        if not (self.boot / "loader").is_symlink():
+            return False
+        other = 1 - self.bootversion()
+        leftovers = [self.boot / f"loader.{other}", *self.ostree.glob(f"boot.{other}*"),
+                     self.repo_path / "refs" / "heads" / "ostree" / str(other)]
+        if not any(os.path.lexists(p) for p in leftovers):
+            return False
+        self._remove_old_bootversion(other)
+        return True
 
     def _remove_old_bootversion(self, old_bv: int) -> None:
         _rmtree(self.boot / f"loader.{old_bv}")
         faults.step("rm-old-loader")
         for p in self.ostree.glob(f"boot.{old_bv}*"):
             _rmtree(p)
+            faults.step("old-bootlink-removed")
         _rmtree(self.repo_path / "refs" / "heads" / "ostree" / str(old_bv))
         faults.step("rm-old-bootlinks")
 

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from atomicedge.errors import NotFoundError, UsageError
-from atomicedge.ostree import forkpool
+from atomicedge.ostree import faults, forkpool
 from atomicedge.ostree import objects as ob
 from atomicedge.ostree.content import write_object_file
 from atomicedge.ostree.gvariant import Variant
@@ -280,6 +280,7 @@ def _stage_file(ctx: _WorkerContext, path: str) -> tuple[str, str, int, int]:
         write_object_file(ctx.mode, staged, h, content, ctx.level)
     except FileExistsError:  # the same content twice in this commit
         return csum, "", _archived_size(ctx, staged, unpacked), unpacked
+    faults.point("file-staged")
     return csum, staged, _archived_size(ctx, staged, unpacked), unpacked
 
 

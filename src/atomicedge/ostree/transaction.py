@@ -22,13 +22,12 @@ from types import TracebackType
 
 from atomicedge.errors import CorruptionError
 from atomicedge.fsutil import boot_id, syncfs
+from atomicedge.ostree import faults
 from atomicedge.ostree import objects as ob
 from atomicedge.ostree.content import write_object_file, write_plain
 from atomicedge.ostree.layout import RepoLayout
 from atomicedge.ostree.objects import FileHeader, ObjectType
 
-# a test hook: crash (os._exit) right before the Nth rename into objects/ or ref update
-_CRASH_ENV = "ATOMICEDGE_CRASH_AT"
 _OUR_STAGING = re.compile(r"^staging-[0-9a-f]{32}-[0-9a-f]{8}$")
 
 
@@ -76,6 +75,7 @@ class Transaction:
         self.staging = tmp / name
         self.staging.mkdir()
         self._stack.callback(_cleanup, self.staging, tmp / f"{name}-lock")
+        faults.point("staging-created")
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
@@ -135,6 +135,7 @@ class Transaction:
         except FileExistsError:  # another thread of this transaction won the race
             return False
         self._add(csum, ObjectType.FILE, path)
+        faults.point("object-staged")
         return True
 
     def write_filez_verbatim(self, csum: str, filez: bytes, *,
@@ -151,6 +152,7 @@ class Transaction:
         except FileExistsError:  # another thread of this transaction won the race
             return
         self._add(csum, objtype, path)
+        faults.point("object-staged")
 
     def set_ref(self, ref: str, csum: str | None) -> None:
         self.repo.ref_path(ref)  # validates the name now, not at commit time
@@ -160,29 +162,25 @@ class Transaction:
 
     def commit(self) -> None:
         """Make staged objects durable and visible, then move refs."""
-        crash_at = int(os.environ.get(_CRASH_ENV, "0") or 0)
         if self._pending and self.fsync and self.staging is not None:
             syncfs(self.staging)
-        step = 0
+        faults.point("staging-synced")
         objdir = self.repo.objects
         for (csum, objtype), src in self._pending.items():
-            step += 1
-            if step == crash_at:
-                os._exit(137)
             prefix = csum[:2]
             if prefix not in self._made_dirs:
                 (objdir / prefix).mkdir(exist_ok=True)
                 self._made_dirs.add(prefix)
             os.rename(src, self.repo.object_path_str(csum, objtype))
+            faults.point("object-renamed")
         self.written += len(self._pending)
         if self._pending and self.fsync:
             syncfs(objdir)  # covers the renames' directory entries too
+        faults.point("objects-synced")
         self._pending.clear()
         for ref, target in self._refs.items():
-            step += 1
-            if step == crash_at:
-                os._exit(137)
             self.repo.set_ref(ref, target)
+            faults.point("ref-written")
         self._refs.clear()
 
 
