@@ -249,7 +249,8 @@ def _orphan_or_none(s: sr.Sysroot) -> str:
 @pytest.mark.parametrize("name", list(CASES))
 def test_kill9_at_every_step_boots_old_or_new_and_a_retry_succeeds(
         world: World, name: str, scratch: Path,
-        record_property: Callable[[str, object], None]) -> None:
+        record_property: Callable[[str, object], None],
+        capsys: pytest.CaptureFixture[str]) -> None:
     case = CASES[name]
     work = scratch / name
     work.mkdir()
@@ -285,8 +286,9 @@ def test_kill9_at_every_step_boots_old_or_new_and_a_retry_succeeds(
             _judge(s_path, getattr(world, case.staged_after))
         verified.append(kill)
     names = sorted({k.name for k in verified})
-    print(f"\n{name}: {len(verified)} verified SIGKILLs out of {len(points)} points "
-          f"({len(names)} distinct steps: {', '.join(names)})")
+    with capsys.disabled():  # the count shows in every run, not only with -s
+        print(f"\n{name}: {len(verified)} verified SIGKILLs out of {len(points)} points "
+              f"({len(names)} distinct steps: {', '.join(names)})")
     record_property("verified_kills", len(verified))
     assert len(verified) == len(points)  # every point of the operation was hit
     assert len(verified) >= case.minimum

@@ -138,7 +138,8 @@ def _check_kill(s: Setup, repo_path: Path, tree: Path, kill: crashkit.Kill, v2: 
 
 
 def test_kill9_at_every_step_of_a_commit_keeps_the_repo_valid_and_a_retry_commits(
-        setup: Setup, record_property: Callable[[str, object], None]) -> None:
+        setup: Setup, record_property: Callable[[str, object], None],
+        capsys: pytest.CaptureFixture[str]) -> None:
     points, v2 = _reference(setup, setup.small)
     verified = []
     for n in range(1, len(points) + 1):
@@ -150,7 +151,8 @@ def test_kill9_at_every_step_of_a_commit_keeps_the_repo_valid_and_a_retry_commit
         _check_kill(setup, repo_path, setup.small, kill, v2)
         verified.append(kill)
     steps = {k.name: sum(1 for x in verified if x.name == k.name) for k in verified}
-    print(f"\ncommit: {len(verified)} verified SIGKILLs out of {len(points)} points {steps}")
+    with capsys.disabled():  # the count shows in every run, not only with -s
+        print(f"\ncommit: {len(verified)} verified SIGKILLs out of {len(points)} points {steps}")
     record_property("verified_kills", len(verified))
     assert {"file-staged", "object-staged", "object-renamed", "ref-written"} <= set(steps)
     assert len(verified) == len(points)  # every point of the commit was hit
@@ -158,7 +160,8 @@ def test_kill9_at_every_step_of_a_commit_keeps_the_repo_valid_and_a_retry_commit
 
 
 def test_kill9_in_a_parallel_commit_keeps_the_repo_valid_and_a_retry_commits(
-        setup: Setup, record_property: Callable[[str, object], None]) -> None:
+        setup: Setup, record_property: Callable[[str, object], None],
+        capsys: pytest.CaptureFixture[str]) -> None:
     points, v2 = _reference(setup, setup.big)
     renames = [i + 1 for i, p in enumerate(points) if p == "object-renamed"]
     assert len(renames) > 300
@@ -178,8 +181,9 @@ def test_kill9_in_a_parallel_commit_keeps_the_repo_valid_and_a_retry_commits(
             assert kill.in_worker, "files of a big commit are staged by forked workers"
             _check_kill(setup, repo_path, setup.big, kill, v2)
             verified.append(kill)
-    print(f"\nparallel commit: {len(verified)} verified SIGKILLs "
-          f"({', '.join(k.name + (' (worker)' if k.in_worker else '') for k in verified)})")
+    with capsys.disabled():  # the count shows in every run, not only with -s
+        print(f"\nparallel commit: {len(verified)} verified SIGKILLs ("
+              + ", ".join(k.name + (" (worker)" if k.in_worker else "") for k in verified) + ")")
     record_property("verified_kills", len(verified))
     assert len(verified) == len(at) + 2 == 7
 
