@@ -220,7 +220,7 @@ def test_path_traversal_in_writes_and_compose_ids_is_refused(api: Client, srv: S
         assert code == 400 and body["errors"][0]["id"] == "UnknownUUID", route
     code, body = raw(api, "DELETE", "/api/v1/compose/delete/..%2Fartifacts")
     assert code == 200 and body["errors"][0]["id"] == "UnknownUUID"
-    for path in ("/ui/..%2Fserver.py", "/ui/%2E%2E/%2E%2E/db.py", "/ui/../api.py"):
+    for path in ("/ui/..%2Fserver.py", "/ui/%2E%2E/%2E%2E/db.py", "/ui/../api.py", "/ui/%00"):
         assert api.request("GET", path).status == 404, path
     assert not (srv.state.parent / "escape").exists()
 

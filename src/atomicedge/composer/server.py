@@ -116,8 +116,12 @@ async def ui_redirect(request: web.Request) -> web.StreamResponse:
 async def ui_file(request: web.Request) -> web.StreamResponse:
     rel = request.match_info.get("path", "") or "index.html"
     root = UI_DIR.resolve()
-    path = (root / rel).resolve()
-    if root not in path.parents or not path.is_file():
+    try:
+        path = (root / rel).resolve()
+        found = root in path.parents and path.is_file()
+    except (ValueError, OSError):    # NUL bytes, names too long
+        found = False
+    if not found:
         return web.Response(status=404, text="not found\n")
     ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return web.Response(body=path.read_bytes(), content_type=ctype)
