@@ -1,5 +1,5 @@
-"""Real composes through the service: the queue, its workers and restarts, cancel, two
-workers at once, and a worker process on another state directory sharing a PostgreSQL queue.
+"""Real composes through the service: a worker process on another state directory sharing a
+PostgreSQL queue, restarts (crash and clean stop), two workers at once, cancel.
 
 Builds use the ``test`` profile and the offline apt repository (real .debs, real mmdebstrap,
 real OSTree commits); the tree cache is shared by these tests, so only the first build of a
@@ -46,9 +46,13 @@ def _check_tar(tar_path: Path, dest: Path, commit: str) -> dict[str, Any]:
     return meta
 
 
-def test_compose_over_the_api_finishes_with_live_log_and_a_valid_tar(
-        servers: Callable[..., Server], tmp_path: Path) -> None:
-    srv = servers(workers=1).start()
+def test_compose_started_over_the_api_is_built_by_a_postgresql_worker_elsewhere(
+        servers: Callable[..., Server], postgres: str, tmp_path: Path) -> None:
+    """The server (no workers of its own) and a ``composer worker`` process with another
+    state directory share a PostgreSQL queue; composer-cli's ``start --wait`` follows the
+    compose while the test watches its log and progress stream in; the image downloads from
+    the server (the artifact travelled through the database) and holds repo/ + compose.json."""
+    srv = servers("pgsrv", workers=0, db=postgres).start()
     api = srv.client()
     push(api, blueprint("gateway", "1.0.0"))
     cli = subprocess.Popen(   # composer-cli's start --wait, polled by the CLI meanwhile
@@ -59,6 +63,9 @@ def test_compose_over_the_api_finishes_with_live_log_and_a_valid_tar(
     first = cli.stdout.readline()
     assert first.startswith("Compose ") and first.endswith(" added to the queue\n"), first
     build = first.split()[1]
+    assert status_of(api, build)["queue_status"] == "WAITING"   # no worker yet
+    worker = servers("pgworker", workers=1, db=postgres, state=tmp_path / "elsewhere",
+                     mode="worker").start()
     seen: list[dict[str, Any]] = []
 
     def finished() -> bool:
@@ -67,24 +74,26 @@ def test_compose_over_the_api_finishes_with_live_log_and_a_valid_tar(
             seen.append({**entry, "log": api.text(f"compose/log/{build}")})
         return entry["queue_status"] in ("FINISHED", "FAILED")
 
-    wait_for(finished, 300, "the compose to finish")
+    wait_for(finished, 400, "the compose to finish")
     info = api.get(f"compose/info/{build}")
-    assert info["queue_status"] == "FINISHED", api.text(f"compose/log/{build}")
+    log = api.text(f"compose/log/{build}")
+    assert info["queue_status"] == "FINISHED", log
     out, err = cli.communicate(timeout=60)
     assert cli.returncode == 0 and out == f"{build} FINISHED\n", (out, err)
     assert seen, "the compose was never seen RUNNING"
     assert any(s["progress"]["total"] > 0 and s["log"].strip() for s in seen), seen[-1]
     assert "-->" in "".join(s["log"] for s in seen)       # steps streamed while running
+    assert ":remote0 building gateway 1.0.0" in log and f"commit {info['commit']} on {REF}" in log
+    assert not (srv.state / "artifacts" / build).exists()   # built and stored elsewhere
     size = api.download(f"compose/image/{build}", tmp_path / "commit.tar")
     assert size == (tmp_path / "commit.tar").stat().st_size > 0
     meta = _check_tar(tmp_path / "commit.tar", tmp_path / "x", info["commit"])
     assert meta["ostree-version"] == "1.0.0"
-    log = api.text(f"compose/log/{build}")
-    assert f"commit {info['commit']} on {REF}" in log
-    results = tmp_path / "results.tar"
-    api.download(f"compose/results/{build}", results)
-    with tarfile.open(results) as tar:
-        assert f"{build}-commit.tar" in tar.getnames()
+    api.download(f"compose/results/{build}", tmp_path / "results.tar")
+    with tarfile.open(tmp_path / "results.tar") as tar:
+        assert {f"{build}-commit.tar", f"{build}.json", "logs/osbuild.log"} <= \
+            set(tar.getnames())
+    assert worker.stop() == 0
 
 
 def _db(srv: Server) -> sqlite3.Connection:
@@ -92,7 +101,7 @@ def _db(srv: Server) -> sqlite3.Connection:
 
 
 def test_server_killed_mid_queue_loses_nothing_then_two_workers_build_both_at_once(
-        servers: Callable[..., Server]) -> None:
+        servers: Callable[..., Server], tmp_path: Path) -> None:
     srv = servers(workers=1).start()
     api = srv.client()
     push(api, blueprint("restart", "1.0.0"))
@@ -115,6 +124,10 @@ def test_server_killed_mid_queue_loses_nothing_then_two_workers_build_both_at_on
     assert max(d["job_started"] for d in done) < min(d["job_finished"] for d in done)
     assert "re-queued" in api.text(f"compose/log/{first}")
     assert len({_builder(api.text(f"compose/log/{b}")) for b in (first, second)}) == 2
+    info = api.get(f"compose/info/{first}")          # a local worker's artifact: a file
+    assert (again.state / "artifacts" / first / "commit.tar").is_file()
+    api.download(f"compose/image/{first}", tmp_path / "first.tar")
+    _check_tar(tmp_path / "first.tar", tmp_path / "first", info["commit"])
 
 
 def test_server_stopped_cleanly_hands_its_running_build_back(
@@ -185,23 +198,3 @@ def test_cancel_stops_a_running_build(servers: Callable[..., Server],
     log = api.text(f"compose/log/{build}")
     assert "canceled" in log
     assert status_of(api, build)["queue_status"] == "FAILED"   # the worker did not overwrite
-
-
-def test_postgresql_worker_on_another_state_dir_takes_the_job(
-        servers: Callable[..., Server], postgres: str, tmp_path: Path) -> None:
-    srv = servers("pgsrv", workers=0, db=postgres).start()
-    api = srv.client()
-    push(api, blueprint("remote", "2.0.0"))
-    build = start_compose(api, "remote")
-    assert status_of(api, build)["queue_status"] == "WAITING"
-    other = tmp_path / "elsewhere"
-    worker = servers("pgworker", workers=1, db=postgres, state=other, mode="worker").start()
-    assert wait_state(api, build, ("FINISHED", "FAILED"), 240)["queue_status"] == "FINISHED", \
-        api.text(f"compose/log/{build}")
-    assert ":remote0 building remote 2.0.0" in api.text(f"compose/log/{build}")
-    assert not (srv.state / "artifacts" / build).exists()   # built and stored elsewhere
-    info = api.get(f"compose/info/{build}")
-    api.download(f"compose/image/{build}", tmp_path / "remote.tar")
-    meta = _check_tar(tmp_path / "remote.tar", tmp_path / "x", info["commit"])
-    assert meta["ostree-version"] == "2.0.0"
-    assert worker.stop() == 0

@@ -196,12 +196,12 @@ async def run(opts: ServeOptions) -> None:
         where = []
         if opts.socket:
             _prepare_socket(opts.socket, opts.group)
-            await web.UnixSite(runner, str(opts.socket)).start()
+            await web.UnixSite(runner, str(opts.socket), shutdown_timeout=5.0).start()
             _secure_socket(opts.socket, opts.group)
             where.append(f"unix:{opts.socket}")
         if opts.listen:
             host, port = parse_listen(opts.listen)
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, shutdown_timeout=5.0).start()
             where.append(f"http://{host}:{port}")
         print(f"composer: listening on {', '.join(where)} ({db.kind}, "
               f"{opts.workers} worker(s))", flush=True)
