@@ -129,8 +129,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 # ---- finding things the way a user (or a screen reader) does ------------------------------
 
 def by_label(driver: WebDriver, label: str) -> WebElement:
+    """The visible form field labelled ``label`` (views open after an API call: wait)."""
     lab = driver.find_element(By.XPATH, f"//label[normalize-space()={_xq(label)}]")
     field = driver.find_element(By.ID, lab.get_attribute("for"))
+    wait_for(field.is_displayed, 30, f"the field {label!r} shown")
     assert field.accessible_name == label
     return field
 

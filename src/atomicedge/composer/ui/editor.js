@@ -251,6 +251,8 @@ function confirmCommit() {
   const list = changes(next);
   $("commit-changes").replaceChildren(...(list.length ? list : ["no changes (the version is " +
     "still bumped)"]).map((t) => h("li", {}, t)));
+  $("commit-version").textContent = committed ? `Version ${committed.version}: the server ` +
+    "moves it to the next patch level when the version is unchanged." : `Version ${next.version}`;
   const dialog = $("commit-dialog");
   dialog.returnValue = "";
   dialog.onclose = () => {
