@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from atomicedge.compose import cache as cache_mod
+from atomicedge.compose import closure, incremental, mmdebstrap, ostreeprep
 from atomicedge.compose import depsolve as ds
-from atomicedge.compose import incremental, mmdebstrap, ostreeprep
 from atomicedge.compose.apt import AptState, Sources, host_arch
 from atomicedge.compose.blueprint import Blueprint
 from atomicedge.compose.custom import accounts, files, firewall, services, system
@@ -36,9 +36,11 @@ from atomicedge.errors import NotFoundError, UsageError
 from atomicedge.ostree.gvariant import Variant
 from atomicedge.ostree.objects import Commit, ObjectType
 from atomicedge.ostree.repo import Repo, validate_ref
+from atomicedge.workload import podman_defaults
 
 log = logging.getLogger("atomicedge.compose")
 IMAGE_TYPES = ("edge-commit", "edge-container")
+DISK_TYPES = ("edge-raw-image", "qcow2")   # bootable disks: compose/disk.py, written by the CLI
 
 
 @dataclass
@@ -117,32 +119,34 @@ def resolve_url_parent(repo: Repo, url: str, ref: str) -> str:
 
 
 def input_hash(tree_key: str, bp: Blueprint) -> str:
-    """Everything the final tree depends on besides the package tree (see module doc)."""
+    """Everything the final tree depends on besides the package tree (see module doc): the
+    blueprint's customizations, the builder's code, and the device closure + units it ships."""
     code = hashlib.sha256()
     for src in sorted(Path(__file__).parent.rglob("*.py")):
         code.update(src.read_bytes())
     custom = dataclasses.asdict(bp.customizations)
     blob = json.dumps({"tree": tree_key, "name": bp.name, "custom": custom,
-                       "code": code.hexdigest()}, sort_keys=True, default=str)
+                       "code": code.hexdigest(), "closure": closure.compute().digest(),
+                       "units": closure.units_digest()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _install_agent(tree: Path) -> None:
-    """Ship the device agent: units, timers, greenboot dirs, and atomicedge's own code (pure
-    Python; its imports are Debian packages of the edge base, ISA-L falls back to zlib)."""
-    import shutil
-
-    import atomicedge
+def _install_edge_base(tree: Path) -> None:
+    """The edge base, before the blueprint's customizations (so a blueprint can put files in
+    greenboot's directories or override the agent's defaults): the device agent's units,
+    timers and greenboot directories, and the device closure on the image's python3."""
     from atomicedge.device.image import install_device_files
+    from atomicedge.workload.install import install_workload_files
     install_device_files(tree)
-    dest = tree / "usr" / "lib" / "atomicedge" / "python" / "atomicedge"
-    shutil.copytree(Path(atomicedge.__file__).parent, dest,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    install_workload_files(tree)
+    closure.install(tree)
 
 
 def _customize(tree: Path, bp: Blueprint, profile: str) -> None:
     cust = bp.customizations
     accounts.apply(tree, bp)
+    if podman_defaults.wants_podman([p.name for p in bp.packages]):
+        podman_defaults.install_podman_defaults(tree, [u.name for u in cust.users])
     files.apply_dirs(tree, cust.directories)
     files.apply_files(tree, cust.files)
     system.apply(tree, cust)
@@ -179,9 +183,9 @@ def _reuse_commit(repo: Repo, parent: str, bp: Blueprint, inhash: str, ref: str)
 
 
 def _check_request(req: ComposeRequest, repo: Repo, ref: str) -> str | None:
-    if req.image_type not in IMAGE_TYPES:
+    if req.image_type not in IMAGE_TYPES + DISK_TYPES:
         raise UsageError(f"--type {req.image_type!r} is not supported",
-                         f"supported: {', '.join(IMAGE_TYPES)}")
+                         f"supported: {', '.join(IMAGE_TYPES + DISK_TYPES)}")
     if req.profile not in ds.PROFILES:
         raise UsageError(f"--profile {req.profile!r} unknown", f"use {' or '.join(ds.PROFILES)}")
     validate_ref(ref)
@@ -264,12 +268,13 @@ def compose(req: ComposeRequest, steps: Steps | None = None) -> ComposeResult:
     try:
         with steps.step("copy tree"):
             trees.working_copy(key, tree)
+        if req.profile == "edge":
+            with steps.step("edge base (device agent)"):
+                _install_edge_base(tree)
         with steps.step("customizations"):
             _customize(tree, bp, req.profile)
         with steps.step("ostree preparation"):
             prep = ostreeprep.prepare(tree)
-            if req.profile == "edge":
-                _install_agent(tree)
         with steps.step("commit"):
             from atomicedge.ostree.commit import commit_directory
             csum = commit_directory(
