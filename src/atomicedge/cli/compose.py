@@ -70,9 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = verbs.add_parser("build", help="blueprint -> OSTree commit (edge-commit)")
     b.add_argument("blueprint", type=Path, metavar="BLUEPRINT.toml")
     b.add_argument("--type", dest="image_type", default="edge-commit",
-                   choices=build_mod.IMAGE_TYPES,
-                   help="edge-commit (tar of repo/ + compose.json) or edge-container (OCI "
-                        "archive serving the repo on port 8080)")
+                   choices=build_mod.IMAGE_TYPES + build_mod.DISK_TYPES,
+                   help="edge-commit (tar of repo/ + compose.json), edge-container (OCI "
+                        "archive serving the repo on port 8080), qcow2 or edge-raw-image "
+                        "(disk booting BIOS and UEFI with GRUB)")
     b.add_argument("--repo", type=Path, help="OSTree repo to commit into (created if missing)")
     b.add_argument("--ref", help="branch (default debian/12/<arch>/edge)")
     pg = b.add_mutually_exclusive_group()
@@ -85,6 +86,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--tls-verify", default="true", choices=("true", "false"),
                    help="--push: verify the registry's TLS certificate (false: plain HTTP)")
     b.add_argument("--no-cache", action="store_true", help="rebuild the package tree")
+    b.add_argument("--update-url", metavar="URL",
+                   help="qcow2/edge-raw-image: the device's update remote (default: --url, "
+                        "else http://10.0.2.2:8080, the host as QEMU's user network sees it)")
+    b.add_argument("--vm-agent", action="store_true",
+                   help="qcow2/edge-raw-image: add the command channel of `atomicedge vm exec`")
     _add_source_args(b)
     b.set_defaults(func=cmd_build)
 
@@ -135,7 +141,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     repo_path = args.repo or Path(tmp.name) / "repo"
     # without --repo the artifact is the result (default name) unless it only goes to --push
     keep = args.output is not None or (args.repo is None and not args.push)
-    output = args.output or (Path(f"{bp.name}-{bp.version}-{args.image_type}.tar") if keep
+    suffix = {"qcow2": ".qcow2", "edge-raw-image": ".raw"}.get(args.image_type, ".tar")
+    output = args.output or (Path(f"{bp.name}-{bp.version}-{args.image_type}{suffix}") if keep
                              else Path(tmp.name) / "image.tar" if args.push else None)
     try:
         _check_repo_path(repo_path)
@@ -147,9 +154,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         repo = Repo.open(repo_path)
         if output:
             with steps.step(f"{args.image_type} artifact"):
-                artifact.write_image(args.image_type, repo, res.ref, res.commit, output,
-                                     state=AptState(sources, default_root(), host_arch()),
-                                     cache_root=default_root(), name=f"{bp.name}:{bp.version}")
+                if args.image_type in build_mod.DISK_TYPES:
+                    _write_disk(args, repo, res.ref, res.commit, output)
+                else:
+                    artifact.write_image(args.image_type, repo, res.ref, res.commit, output,
+                                         state=AptState(sources, default_root(), host_arch()),
+                                         cache_root=default_root(),
+                                         name=f"{bp.name}:{bp.version}")
         if args.push and output is not None:
             with steps.step(f"push {args.push}"):
                 container.push(output, args.push, tls_verify=args.tls_verify == "true")
@@ -163,6 +174,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.push:
         print(f"pushed {args.push}")
     return 0
+
+
+def _write_disk(args: argparse.Namespace, repo: Repo, ref: str, commit: str,
+                output: Path) -> None:
+    from atomicedge.compose import disk
+    disk.build(disk.DiskSpec(repo.path, ref, commit, output, args.image_type,
+                             update_url=args.update_url or args.url or disk.DEFAULT_UPDATE_URL,
+                             kargs=disk.kargs_of(repo, commit), agent=args.vm_agent))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
