@@ -413,6 +413,14 @@ def test_cli_speaks_composer_cli(srv: Server, tmp_path: Path) -> None:
     assert status[0].split() == ["ID", "Status", "Time", "Blueprint", "Version", "Type", "Size"]
     assert any(line.startswith(m.group(1)) and "FINISHED" in line and "cli" in line
                for line in status)
+    ostree = _cli(srv, "--test", "2", "compose", "start-ostree", "cli", "edge-commit", "--ref",
+                  "debian/12/x86_64/gw", "--url", "http://127.0.0.1:9/repo/")
+    assert ostree.returncode == 0, ostree.stderr
+    build = ostree.stdout.split()[1]
+    meta = json.loads(_tar_names(srv.client().request(
+        "GET", f"/api/v1/compose/metadata/{build}").body)[f"{build}.json"])
+    assert meta["request"]["ostree"] == {"ref": "debian/12/x86_64/gw", "parent": "",
+                                         "url": "http://127.0.0.1:9/repo/"}
     bad = _cli(srv, "compose", "info", "bogus")
     assert bad.returncode == 1
     assert bad.stderr == "ERROR: UnknownUUID: bogus is not a valid build uuid\n"

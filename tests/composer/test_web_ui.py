@@ -96,10 +96,11 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
     finally:
         started += _descendants(service.process.pid)
         driver.quit()
-        for pid in started:
+        for pid in started:                      # whatever quit() left behind
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                if b"chrom" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
                 pass
 
 
@@ -268,7 +269,9 @@ def test_browser_adds_a_package_commits_and_builds_an_update_on_the_previous_com
             badge = drv.find_element(By.XPATH, f"//tr[@data-compose-id='{build}']"
                                                "//span[@data-status]")
             st = badge.get_attribute("data-status")
-            assert badge.accessible_name == f"Status of compose {short}: {st}"
+            name = badge.accessible_name
+            badge.is_enabled()      # stale (the next poll replaced it) -> read again
+            assert name == f"Status of compose {short}: {st}"
             if st == "RUNNING" and drv.find_elements(
                     By.XPATH, f"//progress[@aria-label='Progress of compose {short}']"):
                 seen.add("progress")

@@ -251,7 +251,7 @@ def compose_start(args: argparse.Namespace, c: Client) -> int:
 
 
 def compose_start_ostree(args: argparse.Namespace, c: Client) -> int:
-    return _start(args, c, {"ref": args.ref, "parent": args.parent, "url": args.url})
+    return _start(args, c, {"ref": args.ref, "parent": args.parent, "url": args.ostree_url})
 
 
 def _when(entry: dict[str, Any]) -> str:
@@ -507,7 +507,8 @@ def _register_compose(groups: argparse._SubParsersAction,
         if name == "start-ostree":
             p.add_argument("--ref", default="", help="OSTree ref of the new commit")
             p.add_argument("--parent", default="", help="parent ref or commit (needs --url)")
-            p.add_argument("--url", default="", help="repo URL the parent is read from")
+            p.add_argument("--url", dest="ostree_url", default="",
+                           help="repo URL the parent is read from")
     _verb(verbs, "status", compose_status, "all composes, newest first", common)
     _verb(verbs, "types", compose_types, "image types", common)
     for name, func, text in (("info", compose_info, "details and packages"),

@@ -35,11 +35,13 @@ from atomicedge.composer.blueprints import to_model
 from atomicedge.errors import AtomicEdgeError, UsageError
 from atomicedge.ostree.repo import Repo
 
-# relative weight of each step for the progress bar (mmdebstrap dominates a cold build)
-WEIGHTS = {"resolve parent": 2, "depsolve": 8, "mmdebstrap": 50, "apt into cached tree": 50,
+# relative weight of each step for the progress bar (the package tree dominates a cold build:
+# mmdebstrap, or apt into a cached tree, or nothing when the tree is cached)
+WEIGHTS = {"pull parent commit": 2, "resolve parent": 2, "depsolve": 8, "tree": 50,
            "copy tree": 5, "customizations": 8, "ostree preparation": 5, "commit": 15,
            "artifact": 7}
-TOTAL = sum(WEIGHTS.values())
+TREE_STEPS = ("mmdebstrap", "apt into cached tree")
+PARENT_STEPS = ("pull parent commit", "resolve parent")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -54,31 +56,42 @@ def emit(event: str, **fields: Any) -> None:
 
 def _weight(name: str) -> int:
     """The step's weight: names carry details (``mmdebstrap (98 packages)``)."""
-    for key, weight in WEIGHTS.items():
-        if name.startswith(key) or name.endswith(key):
-            return weight
-    return 0
+    head = name.split(" (")[0]
+    if head.startswith(TREE_STEPS):
+        return WEIGHTS["tree"]
+    if head.endswith(" artifact"):
+        return WEIGHTS["artifact"]
+    return WEIGHTS.get(head, 0) if head != "tree" else 0
+
+
+def total_weight(with_parent: bool) -> int:
+    """The steps a compose runs: the parent steps only when it has an ostree URL."""
+    skip = 0 if with_parent else sum(WEIGHTS[k] for k in PARENT_STEPS)
+    return sum(WEIGHTS.values()) - skip
 
 
 class EventSteps(build.Steps):
     """Steps reported as events: the worker turns them into log lines and progress."""
 
-    def __init__(self) -> None:
+    def __init__(self, total: int) -> None:
         super().__init__()
         self.done = 0
+        self.total = total
 
     def started(self, name: str) -> None:
-        emit("step", name=name, state="start", done=self.done, total=TOTAL)
+        emit("step", name=name, state="start", done=min(self.done, self.total),
+             total=self.total)
         emit("log", text=f"--> {name}")
 
     def finished(self, name: str, seconds: float) -> None:
         self.done += _weight(name)
-        emit("step", name=name, state="done", done=self.done, total=TOTAL)
+        emit("step", name=name, state="done", done=min(self.done, self.total),
+             total=self.total)
         emit("log", text=f"<-- {name}: done in {seconds:.2f} s")
 
     def note(self, text: str) -> None:
         if text.startswith("package tree cached"):
-            self.done += WEIGHTS["mmdebstrap"]
+            self.done += WEIGHTS["tree"]
         emit("log", text=text)
 
 
@@ -127,12 +140,14 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
                       Path(src["offline_dir"]) if src.get("offline_dir") else None)
     work = Path(job["work"])
     repo_path = work / "repo"
-    steps = EventSteps()
     arch = job.get("arch")
     ostree = job.get("ostree") or {}
+    steps = EventSteps(total_weight(bool(ostree.get("url"))))
     ref = ostree.get("ref") or build.default_ref(bp, arch or build.host_arch())
-    with steps.step("resolve parent"):
-        parent = _parent(repo_path, ostree, ref)
+    parent = "none"
+    if ostree.get("url"):
+        with steps.step("pull parent commit"):
+            parent = _parent(repo_path, ostree, ref)
     req = build.ComposeRequest(bp, repo_path, sources, ref=ref, parent=parent,
                                profile=job["profile"], image_type=job["compose_type"],
                                cache_root=Path(job["cache_root"]), arch=arch)

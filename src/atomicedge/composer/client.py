@@ -87,8 +87,9 @@ class Client:
         except PermissionError:
             raise AtomicEdgeError(f"permission denied on {self.socket}",
                                   "run as root or as a member of the socket's group") from None
-        except OSError as exc:
-            raise AtomicEdgeError(f"cannot reach the composer: {exc}") from None
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise AtomicEdgeError(f"cannot reach the composer: {exc}",
+                                  "check -s/--socket or --server http://HOST:PORT") from None
         finally:
             conn.close()
         reply = Reply(resp.status, hdrs, data)
