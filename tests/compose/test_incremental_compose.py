@@ -22,7 +22,7 @@ import pytest
 from atomicedge.compose import incremental
 from atomicedge.compose.apt import Sources
 from atomicedge.compose.build import ComposeRequest, ComposeResult, Steps, compose
-from atomicedge.compose.cache import TreeCache, TreeMeta
+from atomicedge.compose.cache import TreeCache, TreeMeta, installed
 from atomicedge.compose.mmdebstrap import unmount_below
 from atomicedge.compose.validate import parse_text
 
@@ -31,6 +31,7 @@ name = "gateway"
 version = "1.0.0"
 [[packages]]
 name = "edge-hello"
+version = "1.0"
 [customizations]
 hostname = "gw-inc"
 [customizations.kernel]
@@ -40,8 +41,9 @@ name = "admin"
 password = "$6$fixedsalt$0123456789abcdefghijklmnopqrstuvwxyzABCDEF./0123"
 groups = ["sudo"]
 '''
-V2 = V1.replace('version = "1.0.0"', 'version = "1.1.0"') + \
-    '[[packages]]\nname = "edge-agent"\n'
+# v2 adds a package (edge-agent) and changes one (edge-hello 1.0 -> 1.1)
+V2 = V1.replace('version = "1.0.0"', 'version = "1.1.0"').replace(
+    'version = "1.0"\n', 'version = "1.1"\n') + '[[packages]]\nname = "edge-agent"\n'
 SHELL_PKG = "edge-shell"
 
 # Nothing may differ but the cache's own completion marker. (dpkg's status-old, its backup of
@@ -89,13 +91,20 @@ def tree_diff(a: Path, b: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def offline(apt_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The offline repo + edge-shell, whose postinst appends to /etc/shells (order-dependent)."""
+    """The offline repo + edge-hello 1.1 (an upgrade: changed script, one more file) +
+    edge-shell, whose postinst appends to /etc/shells (order-dependent)."""
     from tests.compose.offline_repo import _deb
     work = tmp_path_factory.mktemp("shellrepo")
     repo = work / "repo"
     repo.mkdir()
     for deb in apt_repo.glob("*.deb"):
         os.link(deb, repo / deb.name)
+    unit = ("[Unit]\nDescription=edge hello\n[Service]\nExecStart=/usr/bin/edge-hello\n"
+            "[Install]\nWantedBy=multi-user.target\n")
+    _deb(work, repo, "edge-hello", "1.1", {
+        "usr/bin/edge-hello": ("#!/bin/sh\necho hello from the edge, v1.1\n", 0o755),
+        "usr/share/doc/edge-hello/NEWS": ("1.1: a friendlier greeting\n", 0o644),
+        "lib/systemd/system/edge-hello.service": (unit, 0o644)})
     _deb(work, repo, SHELL_PKG, "1.0", {"usr/bin/edge-sh": ("#!/bin/sh\nexec sh \"$@\"\n", 0o755),
                                          "DEBIAN/postinst": ("#!/bin/sh\nset -e\n"
                                                              "echo /usr/bin/edge-sh >> "
@@ -153,10 +162,11 @@ def _steps(res: ComposeResult, prefix: str) -> list[str]:
     return [name for name in res.timings if name.startswith(prefix)]
 
 
-def test_v2_after_v1_installs_into_the_cached_tree_instead_of_mmdebstrap(
+def test_v2_after_v1_adds_and_upgrades_in_the_cached_tree_instead_of_mmdebstrap(
         composes: Composes) -> None:
     assert _steps(composes.v1, "mmdebstrap")
-    assert _steps(composes.v2_incremental, "apt into cached tree")
+    assert _steps(composes.v2_incremental, "apt into cached tree")   # (edge-agent, edge-hello)
+    assert "edge-hello" in _steps(composes.v2_incremental, "apt into cached tree")[0]
     assert not _steps(composes.v2_incremental, "mmdebstrap")
     assert _steps(composes.v2_clean, "mmdebstrap")   # the reference really is a clean build
 
@@ -166,7 +176,9 @@ def test_incremental_package_tree_equals_a_clean_build(composes: Composes) -> No
     assert key == composes.v2_clean.tree_key
     inc = TreeCache(composes.cache).path(key)
     clean = TreeCache(composes.clean_cache).path(key)
-    assert (inc / "usr/bin/edge-agent").exists() and (clean / "usr/bin/edge-agent").exists()
+    for tree in (inc, clean):
+        assert {("edge-agent", "1.0", "all"), ("edge-hello", "1.1", "all")} <= installed(tree)
+        assert "v1.1" in (tree / "usr/bin/edge-hello").read_text()
     assert tree_diff(inc, clean) == []
 
 
