@@ -271,6 +271,8 @@ def test_browser_adds_a_package_commits_and_builds_an_update_on_the_previous_com
             st = badge.get_attribute("data-status")
             name = badge.accessible_name
             badge.is_enabled()      # stale (the next poll replaced it) -> read again
+            if not name:
+                return None
             assert name == f"Status of compose {short}: {st}"
             if st == "RUNNING" and drv.find_elements(
                     By.XPATH, f"//progress[@aria-label='Progress of compose {short}']"):
