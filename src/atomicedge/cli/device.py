@@ -32,6 +32,8 @@ def register(sub: Any) -> None:
     p.add_argument("--ref", required=True)
     p.add_argument("--remote", default="origin")
     p.add_argument("--karg", action="append", default=None, help="kernel argument")
+    p.add_argument("--provision", metavar="FILE", help="per-device settings (TOML: hostname, "
+                   "[vrrp], [app]) written into the deployment's /etc (docs/workloads.md)")
     p.set_defaults(func=cmd_install)
 
     p = verbs.add_parser("status", help="deployments in boot order")
@@ -142,9 +144,16 @@ def _started_finalize(result: Any) -> None:
 
 def cmd_install(args: argparse.Namespace) -> int:
     from atomicedge.device import ops
+    from atomicedge.device.sysroot import Sysroot
+    from atomicedge.workload import provision
+    prov = provision.load(Path(args.provision)) if args.provision else None  # before writing
     d = ops.install(Path(args.sysroot), args.osname, args.url, args.ref, args.remote,
                     args.karg)
     print(f"Installed {d.id} from {args.remote}:{args.ref}")
+    if prov is not None:
+        etc = Sysroot.open(Path(args.sysroot)).deployment_dir(d) / "etc"
+        for path in provision.apply(prov, etc):
+            print(f"Provisioned /etc/{path.relative_to(etc)}")
     return 0
 
 
