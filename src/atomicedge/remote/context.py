@@ -81,7 +81,7 @@ class PullContext:
 
     ``fetcher`` serves metadata (the remote's ``url``), ``content`` serves content objects
     and delta parts (its ``contenturl``, a CDN, if it has one). ``sizes`` are the archived
-    sizes from ``ostree.sizes`` (exact download caps); ``trees`` holds the dirtrees fetched
+    sizes from ``ostree.sizes`` (exact download caps); ``dirtrees`` holds the dirtrees fetched
     in the current level of a tree walk, so the walk does not read them back from disk.
     """
 
@@ -102,7 +102,7 @@ class PullContext:
         self.pool = ThreadPoolExecutor(max_workers=self.pipelines)
         self.summary: sm.Summary | None = None
         self.sizes: dict[str, int] = {}
-        self.trees: dict[str, bytes] | None = None
+        self.dirtrees: dict[str, bytes] | None = None
         self._last_tick = 0.0
         self._lock = threading.Lock()
 
@@ -123,8 +123,12 @@ class PullContext:
     def fetch_stats(self) -> FetchStats:
         """What crossed the wire so far, from the remote's url and its contenturl together
         (a snapshot: a fetcher counts in place, and a worker reports the difference)."""
+        return self._wire() + FetchStats()
+
+    def _wire(self) -> FetchStats:
+        """The live counters (no copy: read on every object by :meth:`tick`)."""
         if self.content is self.fetcher:
-            return self.fetcher.stats + FetchStats()
+            return self.fetcher.stats
         return self.fetcher.stats + self.content.stats
 
     def count(self, *, metadata: int = 0, content: int = 0, done: int = 0) -> None:
@@ -136,7 +140,7 @@ class PullContext:
 
     def tick(self, force: bool = False) -> None:
         """Refresh the wire counters and call the progress callback (at most 10/s)."""
-        fs = self.fetch_stats()
+        fs = self._wire()
         self.stats.bytes, self.stats.requests, self.stats.retries = (
             fs.bytes, fs.requests, fs.retries)
         now = time.monotonic()

@@ -94,8 +94,8 @@ def _stage(ctx: PullContext, tx: Transaction, obj: ObjRef, data: bytes,
     csum, objtype = obj
     if verified is None:
         tx.write_metadata(objtype, data, expected=csum, known_missing=True)
-        if objtype == ObjectType.DIR_TREE and ctx.trees is not None:
-            ctx.trees[csum] = data
+        if objtype == ObjectType.DIR_TREE and ctx.dirtrees is not None:
+            ctx.dirtrees[csum] = data
         ctx.count(metadata=1)
         return
     header, content = verified

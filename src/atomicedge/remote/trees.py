@@ -100,8 +100,8 @@ class TreePuller:
                                   (commit.root_meta, ObjectType.DIR_META)]
         seen: set[ObjRef] = set(frontier)
         files: set[str] = set()
-        trees: dict[str, bytes] = {}
-        ctx.trees = trees
+        fetched: dict[str, bytes] = {}  # this level's dirtrees, as they arrive
+        ctx.dirtrees = fetched
         try:
             with ctx.repo.transaction() as tx:
                 while frontier:
@@ -110,7 +110,7 @@ class TreePuller:
                     for c, t in frontier:
                         if t != ObjectType.DIR_TREE:
                             continue
-                        fresh = trees.pop(c, None)
+                        fresh = fetched.pop(c, None)
                         tree = DirTree.decode(fresh) if fresh else ctx.repo.load_dirtree(c)
                         files.update(f for _n, f in tree.files)
                         for _n, sub, meta in tree.dirs:
@@ -120,7 +120,7 @@ class TreePuller:
                                     nxt.append(o)
                     frontier = nxt
         finally:
-            ctx.trees = None
+            ctx.dirtrees = None
         ctx.stats.phase = "content"
         self.fetch_objects([(f, ObjectType.FILE) for f in sorted(files)])
         self.clear_partial(csum)
