@@ -103,6 +103,9 @@ def _register_device_side(verbs: Any) -> None:
     p = verbs.add_parser("health-check", help="run greenboot checks and act (boot unit)")
     _sysroot_arg(p)
     p.add_argument("--no-reboot", action="store_true")
+    p.add_argument("--phase", default="all",
+                   choices=("all", "check", "success", "green", "red", "reboot", "status"),
+                   help="one greenboot unit's part (default: all of them, in order)")
     p.set_defaults(func=cmd_health)
 
     p = verbs.add_parser("finalize-staged", help="apply the staged deployment (shutdown unit)")
@@ -253,9 +256,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     sysroot = ops.open_sysroot(args.sysroot)
     # the unit's StandardOutput=journal+console puts these lines in the journal and on the
     # console, as greenboot's do
-    d = service.health_check(sysroot, reboot=not args.no_reboot,
-                             log=lambda m: print(m, flush=True))
-    return 0 if d.health.value == "green" else 1
+    ok = service.run_phase(args.phase, sysroot, reboot=not args.no_reboot,
+                           log=lambda m: print(m, flush=True))
+    return 0 if ok else 1
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:

@@ -16,25 +16,47 @@ from pathlib import Path
 UNITS_DIR = Path(__file__).parent / "units"
 UNITS = ("atomicedge-finalize-staged.service", "atomicedge-healthcheck.service",
          "atomicedge-agent.service", "atomicedge-agent.timer", "atomicedge-apply.timer")
-ENABLE = {"atomicedge-finalize-staged.service": "multi-user.target",
-          "atomicedge-healthcheck.service": "multi-user.target",
-          "atomicedge-agent.timer": "timers.target",
-          "atomicedge-apply.timer": "timers.target"}
+# greenboot's names (docs/device.md): real units beside the aliases in the [Install] sections
+# of atomicedge-healthcheck.service (greenboot-healthcheck) and atomicedge-finalize-staged
+# (greenboot-grub2-set-counter)
+GREENBOOT_UNITS = ("greenboot-grub2-set-success.service", "greenboot-task-runner.service",
+                   "greenboot-status.service", "redboot.target", "redboot-task-runner.service",
+                   "redboot-auto-reboot.service")
+
+
+def _enable(sysd: Path, unit: str) -> None:
+    """What ``systemctl enable`` makes of the unit's [Install] section, as vendor links in
+    /usr/lib/systemd/system: WantedBy= / RequiredBy= (.wants / .requires) and Alias=."""
+    section = ""
+    for line in (sysd / unit).read_text().splitlines():
+        s = line.strip()
+        if s.startswith("["):
+            section = s
+        if section != "[Install]" or "=" not in s:
+            continue
+        key, _, value = s.partition("=")
+        for name in value.split():
+            if key == "Alias":
+                link, target = sysd / name, unit
+            elif key in ("WantedBy", "RequiredBy"):
+                link = sysd / f"{name}.{'wants' if key == 'WantedBy' else 'requires'}" / unit
+                target = f"../{unit}"
+            else:
+                continue
+            link.parent.mkdir(exist_ok=True)
+            if not link.is_symlink():
+                os.symlink(target, link)
 
 
 def install_device_files(tree: Path, agent_toml: str | None = None) -> None:
     """Install into ``tree`` (an ostree-style tree: config defaults live in ``usr/etc``)."""
     sysd = tree / "usr" / "lib" / "systemd" / "system"
     sysd.mkdir(parents=True, exist_ok=True)
-    for unit in UNITS:
+    for unit in (*UNITS, *GREENBOOT_UNITS):
         shutil.copyfile(UNITS_DIR / unit, sysd / unit)
         os.chmod(sysd / unit, 0o644)
-    for unit, target in ENABLE.items():
-        wants = sysd / f"{target}.wants"
-        wants.mkdir(exist_ok=True)
-        link = wants / unit
-        if not link.is_symlink():
-            os.symlink(f"../{unit}", link)
+    for unit in (*UNITS, *GREENBOOT_UNITS):
+        _enable(sysd, unit)
     gen = tree / "usr" / "lib" / "systemd" / "system-generators"
     gen.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(UNITS_DIR / "atomicedge-generator.sh", gen / "atomicedge-generator")
