@@ -34,6 +34,8 @@ def register(sub: Any) -> None:
     p.add_argument("--karg", action="append", default=None, help="kernel argument")
     p.add_argument("--provision", metavar="FILE", help="per-device settings (TOML: hostname, "
                    "[vrrp], [app]) written into the deployment's /etc (docs/workloads.md)")
+    p.add_argument("--ignition", metavar="FILE", help="Ignition config (spec 3.x) the device "
+                   "applies once on first boot (docs/provisioning.md)")
     p.set_defaults(func=cmd_install)
 
     p = verbs.add_parser("status", help="deployments in boot order")
@@ -117,6 +119,8 @@ def _register_device_side(verbs: Any) -> None:
     p.add_argument("--once", action="store_true", required=True)
     p.add_argument("--config", help="agent.toml (default /etc/atomicedge/agent.toml)")
     p.add_argument("--no-reboot", action="store_true")
+    p.add_argument("--apply", action="store_true",
+                   help="the apply timer's run: reboot into a staged update ([apply] schedule)")
     p.set_defaults(func=cmd_agent)
 
     p = verbs.add_parser("agent-generator", help="systemd generator: agent.toml -> timer drop-ins")
@@ -150,6 +154,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     from atomicedge.device.sysroot import Sysroot
     from atomicedge.workload import provision
     prov = provision.load(Path(args.provision)) if args.provision else None  # before writing
+    ign = _read_ignition(Path(args.ignition)) if args.ignition else None
     d = ops.install(Path(args.sysroot), args.osname, args.url, args.ref, args.remote,
                     args.karg)
     print(f"Installed {d.id} from {args.remote}:{args.ref}")
@@ -157,7 +162,23 @@ def cmd_install(args: argparse.Namespace) -> int:
         etc = Sysroot.open(Path(args.sysroot)).deployment_dir(d) / "etc"
         for path in provision.apply(prov, etc):
             print(f"Provisioned /etc/{path.relative_to(etc)}")
+    if ign is not None:
+        from atomicedge.device import ignition
+        from atomicedge.fsutil import atomic_write
+        dest = Sysroot.open(Path(args.sysroot)).deployment_dir(d) / ignition.PROVISIONED
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(dest, ign, mode=0o600)
+        print(f"Provisioned /{ignition.PROVISIONED} (applied on first boot)")
     return 0
+
+
+def _read_ignition(path: Path) -> bytes:
+    """The config checked (JSON, spec version, supported sections) before anything is written."""
+    from atomicedge.device import ignition
+    found = ignition.find_config(Path("/"), path)
+    assert found is not None  # an explicit path either exists or raised
+    ignition.parse(found[0], str(path))
+    return found[0]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -276,6 +297,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
         cfg = agent.parse_config(Path(args.config).read_text(), args.config)
     else:
         cfg = agent.load_config()
+    if args.apply:
+        go, reason = agent.apply_tick(sysroot, cfg, dt.datetime.now(dt.UTC),
+                                      reboot=not args.no_reboot)
+        print(f"apply: {reason}")
+        return 0 if go else EXIT_UNCHANGED
     d = agent.tick(sysroot, cfg, dt.datetime.now(dt.UTC), reboot=not args.no_reboot)
     print(f"agent: {d.action.value}: {d.reason}")
     return 0 if d.action.value != "nothing" else EXIT_UNCHANGED

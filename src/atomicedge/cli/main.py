@@ -18,7 +18,8 @@ from atomicedge import __version__
 from atomicedge.errors import AtomicEdgeError, ToolError
 
 # command-group modules under atomicedge.cli; a group that is not installed yet is skipped
-GROUPS = ("repo", "compose", "composer", "device", "quadlet", "lab", "vm", "demo")
+GROUPS = ("repo", "compose", "composer", "device", "quadlet", "lab", "vm", "demo",
+          "butane")
 
 log = logging.getLogger("atomicedge")
 TOOL_OUTPUT_LINES = 20  # how much of a failed outside tool's stderr is shown
