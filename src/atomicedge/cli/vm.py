@@ -70,7 +70,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_exec(args: argparse.Namespace) -> int:
     from atomicedge.errors import UsageError
     from atomicedge.lab import vm
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    cmd = list(args.cmd)
+    if cmd[:1] == ["--timeout"]:            # REMAINDER also takes options after NAME
+        if len(cmd) < 2:
+            raise UsageError("vm exec: --timeout needs a number of seconds")
+        try:
+            args.timeout = float(cmd[1])
+        except ValueError:
+            raise UsageError(f"vm exec: --timeout {cmd[1]!r} is not a number") from None
+        cmd = cmd[2:]
+    cmd = cmd[1:] if cmd[:1] == ["--"] else cmd
     if not cmd:
         raise UsageError("vm exec: no command given", "atomicedge vm exec NAME -- CMD ...")
     import shlex

@@ -52,6 +52,7 @@ GRUB_MODULES = ["biosdisk", "part_msdos", "part_gpt", "ext2", "normal", "linux",
 EFI_MODULES = ["part_gpt", "part_msdos", "ext2", "fat", "search", "search_label", "normal",
                "linux", "loadenv", "test", "echo", "serial", "terminal", "configfile", "halt",
                "reboot", "efi_gop", "all_video"]
+NETWORK_FILE = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n"
 ESP_CFG = (f"search --no-floppy --label {ROOT_LABEL} --set=root\n"
            "set prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n")
 
@@ -98,6 +99,7 @@ def build(spec: DiskSpec) -> Path:
     try:
         root = work / "sysroot"
         deployment = make_sysroot(root, spec)
+        install_network(root / deployment)
         if spec.agent:
             from atomicedge.compose.disk_agent import install_agent
             install_agent(root / deployment)
@@ -129,6 +131,28 @@ def make_sysroot(root: Path, spec: DiskSpec) -> Path:
     remotes.delete(sysroot.repo, spec.remote)
     remotes.add(sysroot.repo, spec.remote, spec.update_url, gpg_verify=False)
     return sysroot.deployment_dir(d).relative_to(root)
+
+
+def install_network(deployment: Path) -> bool:
+    """DHCP on the wired links with systemd-networkd, in the deployment's /etc, when the
+    commit brings no network manager of its own (Image Builder's disks come up on DHCP too;
+    a blueprint file in /etc/systemd/network/ with a lower number takes precedence)."""
+    usr = deployment / "usr"
+    managed = (usr / "sbin/NetworkManager").exists() or (deployment / "etc/network/interfaces"
+                                                           ).exists()
+    if managed or not (usr / "lib/systemd/systemd-networkd").exists():
+        return False
+    net = deployment / "etc" / "systemd" / "network"
+    net.mkdir(parents=True, exist_ok=True)
+    (net / "80-atomicedge-dhcp.network").write_text(NETWORK_FILE)
+    sysd = deployment / "etc" / "systemd" / "system"
+    for wants, unit in (("multi-user.target.wants", "systemd-networkd.service"),
+                        ("sockets.target.wants", "systemd-networkd.socket")):
+        (sysd / wants).mkdir(parents=True, exist_ok=True)
+        link = sysd / wants / unit
+        if not link.is_symlink():
+            os.symlink(f"/usr/lib/systemd/system/{unit}", link)
+    return True
 
 
 def install_grub_files(root: Path) -> None:
