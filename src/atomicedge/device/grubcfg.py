@@ -21,6 +21,7 @@ ostree's layout.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from atomicedge.device.decision import grub_step
 from atomicedge.fsutil import atomic_write
 
 CFG_LINK_TARGET = "../loader/grub.cfg"
+FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
 LADDER_MAX = 99            # counters 1..99 count down; GREENBOOT_MAX_BOOT_ATTEMPTS above is odd
 TIMEOUT = 1
 
@@ -137,3 +139,25 @@ def install_link(boot: Path) -> None:
     if link.is_symlink() or link.exists():
         link.unlink()
     os.symlink(CFG_LINK_TARGET, link)
+
+
+def checkpoint(boot: Path) -> bool:
+    """Freeze and thaw the file system of ``boot`` so its ext4 journal is written home.
+
+    GRUB reads ext4 without replaying the journal: after a power cut, a menu or grubenv that
+    is only in the journal is invisible to it (ostree does the same freeze/thaw cycle after
+    writing deployments). Only on a booted device (``/run/ostree-booted``); False when the
+    file system cannot be frozen (then a clean shutdown's read-only remount does it).
+    """
+    if not Path("/run/ostree-booted").exists():
+        return False
+    fd = os.open(boot, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.ioctl(fd, FIFREEZE, 0)
+        except OSError:
+            return False
+        fcntl.ioctl(fd, FITHAW, 0)
+        return True
+    finally:
+        os.close(fd)

@@ -238,6 +238,8 @@ class Sysroot:
         if not (self.boot / "boot").is_symlink():
             os.symlink(".", self.boot / "boot")
         atomic_symlink(f"loader.{new_bv}", self.boot / "loader")
+        if grubcfg.enabled(self.boot):  # GRUB does not replay the journal: write it home
+            grubcfg.checkpoint(self.boot)
         faults.step("after-swap")
         self._remove_old_bootversion(old_bv)
 
