@@ -19,16 +19,16 @@ from typing import Any
 from rich.console import Console
 from rich.rule import Rule
 
-from atomicedge.lab import demo_compose, demo_device, demo_net, demo_store
+from atomicedge.lab import demo_apps, demo_compose, demo_device, demo_net, demo_store
 
 console = Console(soft_wrap=True)
-DEVICE_REF = "debian/12/x86_64/edge-lab"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the seed demo end to end")
     p.add_argument("--workdir", default="demo-work", help="scratch directory (recreated)")
-    p.add_argument("--only", choices=["store", "compose", "net", "device"], action="append",
+    p.add_argument("--only", choices=["store", "compose", "net", "device", "apps"],
+                   action="append",
                    help="run only these acts")
     p.set_defaults(func=cmd_demo)
 
@@ -44,7 +44,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    acts = args.only or ["store", "compose", "net", "device"]
+    acts = args.only or ["store", "compose", "net", "device", "apps"]
     t0 = time.monotonic()
     results: dict[str, Any] = {}
     if "store" in acts:
@@ -58,11 +58,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         results["net"] = _act(
             "Act 3 — serve, pull, update with a static delta", work / "net",
             lambda: demo_net.run(work / "net", Path(source["repo"]), source["ref"], console))
-    if "device" in acts and source:
+    composed = results.get("compose")
+    if "device" in acts and composed:
         results["device"] = _act(
             "Act 4 — a device: update, three failed boots, automatic rollback", work / "device",
-            # the lab image (systemd + the seed's health check) gets a ref of its own, so the
-            # composed gateway history above stays as the earlier acts left it
-            lambda: demo_device.run(work / "device", Path(source["repo"]), DEVICE_REF, console))
+            # the composed gateway v1 and v2 of act 2, served on the lab network
+            lambda: demo_device.run(work / "device", Path(composed["repo"]), composed["ref"],
+                                    console))
+    if "apps" in acts:
+        results["apps"] = _act(
+            "Act 5 — the applications: scale from zero, failover, restart", work / "apps",
+            lambda: demo_apps.run(work / "apps", console))
     console.print(Rule(f"demo finished in {time.monotonic() - t0:.1f} s"))
     return 0

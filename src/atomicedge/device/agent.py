@@ -2,8 +2,10 @@
 
 Config keys: ``policy`` (none|check|stage|apply), ``schedule`` (systemd OnCalendar syntax,
 validated by ``systemd-analyze calendar`` when present), ``splay`` (RandomizedDelaySec=),
-``[window] days/start/length_minutes`` (UTC) for applying.  The timers run the tick; the
-generator turns the config into timer drop-ins.  The decision is
+``[window] days/start/length_minutes`` (UTC) for applying, ``[apply] schedule`` (when the
+apply timer - the seed demo's ``applyupdate`` - reboots into a staged update).  The agent timer
+runs the tick (:func:`tick`), the apply timer :func:`apply_tick`; the generator turns the
+config into timer drop-ins.  The decision is
 :func:`atomicedge.device.decision.decide_agent`; a commit in the denylist (rolled back by the
 health check) is never staged automatically.
 """
@@ -37,6 +39,7 @@ from atomicedge.errors import FormatError
 from atomicedge.fsutil import atomic_write
 
 CONFIG = Path("/etc/atomicedge/agent.toml")
+FINALIZE_UNIT = "atomicedge-finalize-staged.service"
 _SPAN = re.compile(r"^\d+\s*(s|sec|min|m|h|hour|d|day)?s?$")
 _DAYNAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
@@ -47,6 +50,7 @@ class AgentConfig:
     schedule: str = "daily"
     splay: str = "30min"
     window: Window | None = None
+    apply_schedule: str | None = None
 
 
 def parse_config(text: str, source: str = "agent.toml") -> AgentConfig:
@@ -73,7 +77,19 @@ def parse_config(text: str, source: str = "agent.toml") -> AgentConfig:
             raise FormatError(f"{source}: [window] {exc}",
                               "days = [\"Sat\"], start = \"02:00\", length_minutes = 120") \
                 from None
-    return AgentConfig(policy, schedule, splay, window)
+    return AgentConfig(policy, schedule, splay, window, _apply_schedule(raw, source))
+
+
+def _apply_schedule(raw: dict[str, Any], source: str) -> str | None:
+    section = raw.get("apply")
+    if section is None:
+        return None
+    if not isinstance(section, dict) or "schedule" not in section:
+        raise FormatError(f"{source}: [apply] needs schedule = \"...\"",
+                          "e.g. [apply] schedule = \"*:0/1\" (every minute)")
+    expr = str(section["schedule"])
+    _validate_calendar(expr, f"{source}: [apply]")
+    return expr
 
 
 def _validate_calendar(expr: str, source: str) -> None:
@@ -97,9 +113,14 @@ def load_config(root: Path = Path("/")) -> AgentConfig:
 
 def generator_dropins(cfg: AgentConfig) -> dict[str, str]:
     """Timer drop-ins (file name -> content) the generator writes."""
+    # AccuracySec=1s: the configured times are the times (systemd's default coalesces to 1min)
     out = {"atomicedge-agent.timer.d/50-schedule.conf":
-           f"[Timer]\nOnCalendar={cfg.schedule}\nRandomizedDelaySec={cfg.splay}\n"}
-    if cfg.window is not None:
+           f"[Timer]\nOnCalendar={cfg.schedule}\nRandomizedDelaySec={cfg.splay}\n"
+           "AccuracySec=1s\n"}
+    if cfg.apply_schedule is not None:
+        out["atomicedge-apply.timer.d/50-schedule.conf"] = (
+            f"[Timer]\nOnCalendar=\nOnCalendar={cfg.apply_schedule}\nAccuracySec=1s\n")
+    elif cfg.window is not None:
         days = ",".join(_DAYNAMES[d] for d in cfg.window.days)
         hh, mm = divmod(cfg.window.start_minute, 60)
         out["atomicedge-apply.timer.d/50-window.conf"] = (
@@ -131,12 +152,47 @@ def tick(sysroot: Sysroot, cfg: AgentConfig, now: dt.datetime,
                        env.get("boot_success", "1") == "1" and "boot_counter" not in env,
                        cfg.window)
     decision = decide_agent(facts, now)
-    if decision.action in (Action.STAGE, Action.APPLY) and (not staged or staged.csum != avail):
-        ops.apply_commit(sysroot, osname, avail, origin)
+    act = decision.action in (Action.STAGE, Action.APPLY) and (not staged or
+                                                               staged.csum != avail)
+    if act and ops.apply_commit(sysroot, osname, avail, origin).staged:
+        _arm_finalize()
     _save_state(sysroot, osname, cfg, decision, avail, now)
     if decision.action is Action.APPLY and reboot and sysroot.booted() is not None:
         _reboot()
     return decision
+
+
+def decide_apply(cfg: AgentConfig, staged: bool, boot_confirmed: bool,
+                 now: dt.datetime) -> tuple[bool, str]:
+    """The apply timer's rule: reboot into a staged update (pure)."""
+    if not staged:
+        return False, "no update staged"
+    if not boot_confirmed:
+        return False, "current boot not confirmed healthy yet"
+    if cfg.apply_schedule is None and cfg.policy != "apply":
+        return False, "staged update is applied at the next reboot ([apply] schedule not set)"
+    if cfg.window is not None and not cfg.window.contains(now):
+        return False, "staged update waits for the maintenance window"
+    return True, "rebooting into the staged update"
+
+
+def apply_tick(sysroot: Sysroot, cfg: AgentConfig, now: dt.datetime,
+               reboot: bool = True) -> tuple[bool, str]:
+    """One apply-timer run: reboot into the staged deployment when :func:`decide_apply` says so."""
+    env = GrubEnv(sysroot.grubenv_path).read()
+    confirmed = env.get("boot_success", "1") == "1" and "boot_counter" not in env
+    go, reason = decide_apply(cfg, dp.read_staged(sysroot) is not None, confirmed, now)
+    if go and reboot and sysroot.booted() is not None:
+        _arm_finalize()  # staged by hand or by another tool: its ExecStop must run too
+        _reboot()
+    return go, reason
+
+
+def _arm_finalize() -> None:
+    """A staged deployment is applied by the finalize unit's ExecStop at shutdown: the unit
+    must be active (at boot it starts only if something was staged before)."""
+    runner.run(["systemctl", "start", FINALIZE_UNIT], what=f"systemctl start {FINALIZE_UNIT}",
+               check=False, timeout=120)
 
 
 def _reboot() -> None:

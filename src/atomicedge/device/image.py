@@ -16,7 +16,7 @@ from pathlib import Path
 UNITS_DIR = Path(__file__).parent / "units"
 UNITS = ("atomicedge-finalize-staged.service", "atomicedge-healthcheck.service",
          "atomicedge-agent.service", "atomicedge-agent.timer", "atomicedge-apply.timer",
-         "atomicedge-ignition-firstboot.service")
+         "atomicedge-apply.service", "atomicedge-ignition-firstboot.service")
 # greenboot's names (docs/device.md): real units beside the aliases in the [Install] sections
 # of atomicedge-healthcheck.service (greenboot-healthcheck) and atomicedge-finalize-staged
 # (greenboot-grub2-set-counter)
