@@ -9,6 +9,7 @@ a package whose maintainer script edits /etc in place: that one must not take th
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import stat
@@ -233,3 +234,38 @@ def test_maintainer_script_editing_etc_in_place_falls_back_to_a_clean_build(
     assert _steps(v3, "mmdebstrap") and not _steps(v3, "apt into cached tree")
     shells = (TreeCache(composes.cache).path(v3.tree_key) / "etc/shells").read_text()
     assert "/usr/bin/edge-sh" in shells.splitlines()
+
+
+def _newc(names: list[str]) -> bytes:
+    """A newc cpio archive of empty files (what dracut writes, minus the content)."""
+    out = b""
+    for ino, name in enumerate([*names, "TRAILER!!!"], 1):
+        raw = name.encode() + b"\0"
+        fields = [ino, 0o100644, 0, 0, 1, 0, 0, 0, 0, 0, 0, len(raw), 0]
+        out += b"070701" + b"".join(b"%08X" % f for f in fields) + raw
+        out += b"\0" * (-len(out) % 4)
+    return out
+
+
+def test_initramfs_is_rebuilt_only_when_new_files_feed_it(tmp_path: Path) -> None:
+    """The dracut decision: files in the image, initramfs inputs, or binaries a module's
+    check() probes force a rebuild; anything else (strace) keeps the base's initramfs."""
+    tree = tmp_path / "tree"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / "usr/bin/dracut").write_text("")
+    mod = tree / "usr/lib/dracut/modules.d/90lvm"
+    mod.mkdir(parents=True)
+    (mod / "module-setup.sh").write_text("check() {\n    require_binaries lvm || return 1\n"
+                                         "}\n\ninstall() {\n    inst_multiple strace\n}\n")
+    early = _newc(["kernel/x86/microcode/GenuineIntel.bin"])   # uncompressed early cpio
+    main = gzip.compress(_newc(["usr/bin/systemctl", "lib/libc.so.6"]))
+    (tree / "boot/initrd.img-6.1").write_bytes(early + b"\0" * 512 + main)
+    image = incremental._initramfs_files(tree)
+    assert image == {"kernel/x86/microcode/GenuineIntel.bin", "usr/bin/systemctl",
+                     "usr/lib/libc.so.6"}
+    affected = incremental.initramfs_affected
+    assert affected(tree, {"usr/bin/strace", "usr/share/doc/strace/copyright"}, image) is None
+    assert "in the initramfs" in str(affected(tree, {"usr/lib/libc.so.6"}, image))
+    assert "checks for lvm" in str(affected(tree, {"usr/sbin/lvm"}, image))
+    assert "initramfs input" in str(affected(tree, {"usr/lib/modules/6.1/x.ko"}, image))

@@ -30,9 +30,11 @@ refuses the shortcut (``Refused``) so the caller builds from scratch instead:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
+import zlib
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -68,6 +70,10 @@ apt-get -q -o Dir::Bin::dpkg=env -o DPkg::Options::=--unset=TMPDIR -o DPkg::Opti
   -o "DPkg::Chroot-Directory=$t" --yes install "$@"
 if [ -n "$AE_AUTO" ]; then apt-mark auto $AE_AUTO >/dev/null; fi
 '''
+
+
+_LS_LINE = re.compile(r"^([-dlcbps][-rwxsStT]{9})\s.*?\s[A-Z][a-z]{2}\s+\d{1,2}\s+"
+                      r"(?:\d{4}|\d{2}:\d{2})\s(.+)$")
 
 
 class Refused(AtomicEdgeError):
@@ -141,12 +147,13 @@ def _normalize(path: str) -> str:
 
 
 def owned_files(tree: Path, names: Iterable[str]) -> set[str]:
-    """Paths (relative, usrmerge-normalized) that dpkg lists for the packages ``names``."""
+    """Files (relative, usrmerge-normalized; no directories) dpkg lists for ``names``."""
     info = tree / "var/lib/dpkg/info"
     out: set[str] = set()
     for name in names:
         for lst in list(info.glob(f"{name}.list")) + list(info.glob(f"{name}:*.list")):
-            out.update(_normalize(line) for line in lst.read_text().splitlines() if line)
+            out.update(_normalize(line) for line in lst.read_text().splitlines()
+                       if line and not os.path.isdir(tree / _normalize(line)))
     return out
 
 
@@ -216,19 +223,38 @@ def _apt_config(tree: Path, state: AptState) -> str:
             + _sandbox_user(tree))
 
 
+def _cpio_names(data: bytes, pos: int = 0) -> tuple[list[str], int]:
+    """Names in a newc cpio archive starting at ``pos``; returns (names, offset after it)."""
+    names = []
+    while data.startswith(b"070701", pos):
+        filesize, namesize = int(data[pos + 54:pos + 62], 16), int(data[pos + 94:pos + 102], 16)
+        name = data[pos + 110:pos + 110 + namesize - 1].decode(errors="replace")
+        pos = (pos + 110 + namesize + 3) & ~3
+        pos = (pos + filesize + 3) & ~3
+        if name == "TRAILER!!!":
+            break
+        names.append(name)
+    return names, pos
+
+
 def _initramfs_files(tree: Path) -> set[str] | None:
-    """Paths inside the initramfs the build made (None: no dracut, so no hook-made image)."""
+    """Paths inside the initramfs the build made (None: no dracut, so no hook-made image).
+    gzip (dracut's default here) is read directly, any other compression through lsinitrd."""
     images = sorted((tree / "boot").glob("initrd.img-*")) if (tree / "boot").is_dir() else []
     if not images or not (tree / "usr/bin/dracut").exists():
         return None
-    proc = tool.run(["chroot", str(tree), "lsinitrd", f"/boot/{images[0].name}"],
-                    what="lsinitrd", env={**os.environ, **ENV})
-    out = set()
-    for line in proc.stdout.splitlines():
-        fields = line.split(None, 8)
-        if len(fields) == 9 and re.match(r"^[-dlcbps][-rwxsStT]{9}$", fields[0]):
-            out.add(_normalize(fields[8].split(" -> ")[0]))
-    return out
+    data = images[0].read_bytes()
+    names, pos = _cpio_names(data)           # an uncompressed early cpio (microcode), if any
+    while pos < len(data) and data[pos] == 0:
+        pos += 1
+    if data.startswith(b"\x1f\x8b", pos):
+        names += _cpio_names(zlib.decompress(data[pos:], wbits=31))[0]
+    elif pos < len(data):
+        proc = tool.run(["chroot", str(tree), "lsinitrd", f"/boot/{images[0].name}"],
+                        what="lsinitrd", env={**os.environ, **ENV})
+        names += [m.group(2).split(" -> ")[0] for m in map(_LS_LINE.match,
+                                                            proc.stdout.splitlines()) if m]
+    return {_normalize(n) for n in names if n not in (".", "")}
 
 
 def _dracut_check_words(tree: Path) -> set[str]:
@@ -255,8 +281,16 @@ def initramfs_affected(tree: Path, changed_files: set[str], in_image: set[str]) 
     return None
 
 
-def _changed_etc(before: dict[str, tuple[int, int, int]],
-                 after: dict[str, tuple[int, int, int]]) -> list[str]:
+def _etc_contents(tree: Path) -> dict[str, str]:
+    """rel path -> sha256 of every regular file under /etc (a few MB)."""
+    out = {}
+    for rel in _snapshot(tree, "etc"):
+        out[rel] = hashlib.sha256((tree / rel).read_bytes()).hexdigest()
+    return out
+
+
+def _changed_etc(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Files that existed before and now have other content (rewritten in place or not)."""
     return sorted(p for p, v in before.items() if p in after and after[p] != v)
 
 
@@ -270,7 +304,7 @@ def build(state: AptState, p: Plan, want: TreeMeta, target: Path,
     shared = _snapshot(target)
     base = installed(target)
     old_files = owned_files(target, p.changed)
-    etc_before = _snapshot(target, "etc")
+    etc_before = _etc_contents(target)
     in_image = _initramfs_files(target)
     apt_conf = target / "tmp" / "atomicedge-apt.conf"
     apt_conf.write_text(_apt_config(target, state))
@@ -304,7 +338,7 @@ def build(state: AptState, p: Plan, want: TreeMeta, target: Path,
 
 def _verify(target: Path, want: TreeMeta, base: set[tuple[str, str, str]],
             shared: dict[str, tuple[int, int, int]],
-            etc_before: dict[str, tuple[int, int, int]], new_files: set[str]) -> None:
+            etc_before: dict[str, str], new_files: set[str]) -> None:
     got = installed(target)
     names = {n for n, _, _ in got}
     stray = sorted(f"{n}={v}" for n, v, _ in got - {tuple(p) for p in want.packages})
@@ -318,7 +352,7 @@ def _verify(target: Path, want: TreeMeta, base: set[tuple[str, str, str]],
                if rel in after and after[rel][0] == ino and after[rel] != (ino, size, mtime)]
     if spoiled:
         raise BaseTainted(f"{spoiled[0]} was written in place through a hard link")
-    edited = [rel for rel in _changed_etc(etc_before, _snapshot(target, "etc"))
+    edited = [rel for rel in _changed_etc(etc_before, _etc_contents(target))
               if rel not in REGENERATED and rel not in new_files]
     if edited:
         raise Refused(f"a maintainer script edited /{edited[0]} in place (order-dependent)")
