@@ -6,6 +6,8 @@
    OSTree-ification (empty /dev etc., /etc -> /usr/etc) + ``ostree commit`` (archive repo)
 3. warm recompose of the unchanged blueprint (same repo: the input hash matches the parent)
 4. warm recompose into a fresh repo (tree cache hit, full customize + commit)
+5. gateway v2 (v1 + strace, examples/) composed after v1: apt into v1's cached package tree
+   instead of mmdebstrap (target <= 15 s), beside v1's and a clean v2's compose (issue 12)
 
 Targets: cold / bare <= 1.1, warm recompose <= 2 s. Uses the machine's Debian mirror.
 Run: .venv/bin/python bench/compose.py [--keep DIR]
@@ -77,6 +79,29 @@ def ours(work: Path, repo_name: str, cache: Path) -> tuple[float, bool, str, dic
     return time.monotonic() - start, res.tree_cached, res.root_tree, res.timings
 
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def gateway_incremental(work: Path) -> dict[str, tuple[float, str, dict[str, float]]]:
+    """Issue 12: gateway v1 then v2 (+strace) with the edge profile from the Debian mirror —
+    v2 built by apt in v1's cached tree — beside a clean v2 compose (empty cache)."""
+    from atomicedge.compose.build import Steps
+    from atomicedge.compose.validate import load
+    out: dict[str, tuple[float, str, dict[str, float]]] = {}
+    parent = "none"
+    for label, name, cache, repo in (("v1", "gateway-v1.toml", "gw-cache", "gw-repo"),
+                                     ("v2", "gateway-v2.toml", "gw-cache", "gw-repo"),
+                                     ("v2-clean", "gateway-v2.toml", "gw-clean", "gw-repo2")):
+        steps = Steps()
+        start = time.monotonic()
+        res = compose(ComposeRequest(load(EXAMPLES / name), work / repo, Sources.host(),
+                                     parent=parent if label == "v2" else "none",
+                                     cache_root=work / cache), steps)
+        out[label] = (time.monotonic() - start, res.root_tree, res.timings)
+        parent = res.commit
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--keep", type=Path, help="work directory to keep (default: a temp dir)")
@@ -91,6 +116,7 @@ def main() -> int:
         warm_same, _, root2, _ = ours(work, "repo", cache)
         warm_fresh, cached2, root3, _ = ours(work, "repo2", cache)
         assert cached2 and root1 == root2 == root3
+        gw = gateway_incremental(work)
     finally:
         if args.keep is None:
             remove_tree(work)
@@ -105,6 +131,13 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from composer_api import report, status_polls
     api_line = report(status_polls())
+    (v1s, _, _), (v2s, v2root, v2steps), (cls, clroot, _) = gw["v1"], gw["v2"], gw["v2-clean"]
+    print(f"gateway v1, clean compose (edge profile):   {v1s:7.2f} s")
+    print(f"gateway v2 after v1 (incremental):          {v2s:7.2f} s   (target <= 15 s)")
+    print("  steps: " + ", ".join(f"{k} {v:.2f} s" for k, v in v2steps.items()))
+    print(f"gateway v2, clean compose (empty cache):    {cls:7.2f} s")
+    print(f"v2 root tree, incremental vs clean: {v2root[:16]} vs {clroot[:16]} "
+          f"({'identical' if v2root == clroot else 'DIFFERENT'})")
     print(api_line)
     return 0
 
