@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from atomicedge.compose import closure
 from atomicedge.lab import testtree
 from atomicedge.workload.install import install_workload_files
 from atomicedge.workload.podman_defaults import PACKAGES, install_podman_defaults
 
 pytestmark = pytest.mark.slow
-SRC = Path(__file__).resolve().parents[2] / "src"
 BOOT_TIMEOUT = 240
 
 LOADER = """[Unit]
@@ -153,6 +153,7 @@ def _device_tree(work: Path) -> Path:
     tree = work / "root"
     subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(tree)], check=True, timeout=300)
     install_workload_files(tree)
+    closure.install(tree)  # the device's own runtime, as images ship it (no host code mounted)
     with open(tree / "etc/passwd", "a") as f:
         f.write("core:x:1000:1000::/home/core:/bin/sh\n")
     with open(tree / "etc/shadow", "a") as f:
@@ -186,8 +187,7 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str,
     out = work / "out"
     out.mkdir()
     argv = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(tree),
-            "--private-network", "--console=read-only", f"--bind={out}:/out",
-            f"--bind-ro={SRC}:/usr/lib/atomicedge/python", "-b"]
+            "--private-network", "--console=read-only", f"--bind={out}:/out", "-b"]
     with open(work / "console.txt", "w") as console:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console,
                                 stderr=subprocess.STDOUT)
