@@ -89,6 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--update-url", metavar="URL",
                    help="qcow2/edge-raw-image: the device's update remote (default: --url, "
                         "else http://10.0.2.2:8080, the host as QEMU's user network sees it)")
+    b.add_argument("--dhcp", action="store_true",
+                   help="qcow2/edge-raw-image: DHCP with systemd-networkd when the commit has "
+                        "no network setup (see docs/booting.md: slow to start on TCG)")
     b.add_argument("--vm-agent", action="store_true",
                    help="qcow2/edge-raw-image: add the command channel of `atomicedge vm exec`")
     _add_source_args(b)
@@ -181,7 +184,8 @@ def _write_disk(args: argparse.Namespace, repo: Repo, ref: str, commit: str,
     from atomicedge.compose import disk
     disk.build(disk.DiskSpec(repo.path, ref, commit, output, args.image_type,
                              update_url=args.update_url or args.url or disk.DEFAULT_UPDATE_URL,
-                             kargs=disk.kargs_of(repo, commit), agent=args.vm_agent))
+                             kargs=disk.kargs_of(repo, commit), agent=args.vm_agent,
+                             dhcp=args.dhcp))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

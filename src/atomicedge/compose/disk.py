@@ -70,6 +70,7 @@ class DiskSpec:
     kargs: list[str] = field(default_factory=list)   # blueprint kernel.append, split
     root_size: int = 4 * 1024 ** 3
     agent: bool = False             # the vm command channel (atomicedge vm exec)
+    dhcp: bool = False              # systemd-networkd DHCP when the commit has no network setup
 
 
 def kargs_of(repo: Repo, commit: str) -> list[str]:
@@ -99,7 +100,8 @@ def build(spec: DiskSpec) -> Path:
     try:
         root = work / "sysroot"
         deployment = make_sysroot(root, spec)
-        install_network(root / deployment)
+        if spec.dhcp:
+            install_network(root / deployment)
         if spec.agent:
             from atomicedge.compose.disk_agent import install_agent
             install_agent(root / deployment)
