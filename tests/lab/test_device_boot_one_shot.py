@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from atomicedge.device.grubenv import GrubEnv
+from atomicedge.device.sysroot import Sysroot
 from tests.lab.helpers import ATOMICEDGE, copy_sysroot, remove_sysroot
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -28,6 +29,6 @@ def test_device_boot_powers_off_after_a_green_boot(installed: dict[str, Any],
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("boot ")]
         assert len(lines) == 1 and lines[0].startswith("boot 1: entry 0") \
             and "-> off" in lines[0], proc.stdout
-        assert GrubEnv(sysroot / "boot/grubenv").read().get("boot_success") == "1"
+        assert GrubEnv(Sysroot.open(sysroot).grubenv_path).read().get("boot_success") == "1"
     finally:
         remove_sysroot(sysroot)

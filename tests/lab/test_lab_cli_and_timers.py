@@ -101,3 +101,16 @@ def test_lab_cli_refuses_bad_input_with_one_line_and_creates_nothing(
     assert not (lab / "devices").exists()
     proc = _cli(lab, "ip", "host")
     assert proc.returncode == 0 and proc.stdout == "10.213.0.1\n"
+
+
+def test_lab_down_all_removes_the_lab_network(tmp_path: Path) -> None:
+    lab = tmp_path / "lab"
+    assert _cli(lab, "host", "--", "true").returncode == 0     # creates the lab network
+    netns = json.loads((lab / "lab.json").read_text())["netns"]
+
+    def listed() -> str:
+        return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert netns in listed()
+    proc = _cli(lab, "down", "--all")
+    assert proc.returncode == 0 and "lab network removed" in proc.stdout
+    assert netns not in listed()

@@ -21,12 +21,13 @@ from typing import Any
 import pytest
 
 from atomicedge.device.grubenv import GrubEnv
+from atomicedge.device.sysroot import Sysroot
 from atomicedge.lab.devices import Lab
 from tests.lab.helpers import Served, copy_sysroot, remove_sysroot, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 WEB = ("systemd-run", "--unit=lab-web", "--property=Type=exec", "/usr/bin/python3", "-m",
-       "http.server", "8080", "--directory", "/usr/share/common-licenses")
+       "http.server", "8080", "--directory", "/etc")
 EDGE2_IP = "10.213.0.42"
 
 
@@ -55,7 +56,9 @@ def agent_state(sysroot: Path) -> dict[str, Any]:
 
 
 def _reach(lab: Lab, src: str, url: str) -> str:
-    return sh(lab, src, f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 {url}").stdout
+    # the other side's server may still be starting: retry refused connections for a while
+    return sh(lab, src, "curl -s -o /dev/null -w '%{http_code}' --max-time 10 --retry 30 "
+              f"--retry-delay 1 --retry-connrefused {url}").stdout
 
 
 def _connectivity(lab: Lab, served: Served) -> dict[str, str]:
@@ -136,7 +139,8 @@ def _after_fallback(lab: Lab, sysroot: Path, res: dict[str, Any]) -> None:
 def _down(lab: Lab, res: dict[str, Any]) -> None:
     lab.down("edge1")
     lab.down("edge2")
-    lab.down_all()
+    res["lab_links_after"] = subprocess.run(["ip", "-n", lab.net.netns, "-o", "link"],
+                                            capture_output=True, text=True).stdout
     res["netns_after"] = subprocess.run(["ip", "netns", "list"], capture_output=True,
                                         text=True).stdout
     res["host_links_after"] = subprocess.run(["ip", "-o", "link"], capture_output=True,
@@ -166,8 +170,8 @@ def story(lab: Lab, served: Served, installed: dict[str, Any], gateway_images: A
                                                   text=True).stdout
         _update(lab, served, gateway_images, res)
         _after_fallback(lab, s1, res)
-        res["grubenv2"] = GrubEnv(s2 / "boot/grubenv").read()
-        res["grubenv1"] = GrubEnv(s1 / "boot/grubenv").read()
+        res["grubenv2"] = GrubEnv(Sysroot.open(s2).grubenv_path).read()
+        res["grubenv1"] = GrubEnv(Sysroot.open(s1).grubenv_path).read()
     except BaseException:
         _down(lab, res)
         remove_sysroot(s1)
@@ -292,7 +296,9 @@ def test_timers_do_not_stage_the_rolled_back_commit_again(
 
 def test_lab_down_leaves_no_namespace_veth_or_process(story: dict[str, Any]) -> None:
     lab = story["lab"]
-    assert lab.net.netns not in story["netns_after"]   # the lab's and its devices' netns
+    for name in ("edge1", "edge2"):
+        assert lab.net.device_netns(name) not in story["netns_after"]
+        assert lab.net.veth(name) not in story["lab_links_after"]
     # the veths and the bridge only ever lived in the lab's namespaces, never on the host
     for link in (lab.net.veth("edge1"), lab.net.veth("edge2"), "labbr0"):
         assert link not in story["host_links_during"] + story["host_links_after"]

@@ -298,9 +298,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     else:
         cfg = agent.load_config()
     if args.apply:
-        go, reason = agent.apply_tick(sysroot, cfg, dt.datetime.now(dt.UTC),
-                                      reboot=not args.no_reboot)
-        print(f"apply: {reason}")
+        go, _reason = agent.apply_tick(sysroot, cfg, dt.datetime.now(dt.UTC),
+                                       reboot=not args.no_reboot,
+                                       log=lambda m: print(m, flush=True))
         return 0 if go else EXIT_UNCHANGED
     d = agent.tick(sysroot, cfg, dt.datetime.now(dt.UTC), reboot=not args.no_reboot)
     print(f"agent: {d.action.value}: {d.reason}")

@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,12 +177,15 @@ def decide_apply(cfg: AgentConfig, staged: bool, boot_confirmed: bool,
     return True, "rebooting into the staged update"
 
 
-def apply_tick(sysroot: Sysroot, cfg: AgentConfig, now: dt.datetime,
-               reboot: bool = True) -> tuple[bool, str]:
-    """One apply-timer run: reboot into the staged deployment when :func:`decide_apply` says so."""
+def apply_tick(sysroot: Sysroot, cfg: AgentConfig, now: dt.datetime, reboot: bool = True,
+               log: Callable[[str], None] | None = None) -> tuple[bool, str]:
+    """One apply-timer run: reboot into the staged deployment when :func:`decide_apply` says
+    so. ``log`` gets the decision first (the reboot stops this very service)."""
     env = GrubEnv(sysroot.grubenv_path).read()
     confirmed = env.get("boot_success", "1") == "1" and "boot_counter" not in env
     go, reason = decide_apply(cfg, dp.read_staged(sysroot) is not None, confirmed, now)
+    if log is not None:
+        log(f"apply: {reason}")
     if go and reboot and sysroot.booted() is not None:
         _arm_finalize()  # staged by hand or by another tool: its ExecStop must run too
         _reboot()
