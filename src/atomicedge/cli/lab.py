@@ -123,6 +123,10 @@ def cmd_console(args: argparse.Namespace) -> int:
     lab = _lab(args)
     d = lab.device(args.name)
     path = d.dir / "console.log"
+    while not path.exists() and d.alive and not args.no_follow:
+        time.sleep(0.2)  # the supervisor starts the first boot
+    if not path.exists():
+        return 0
     with open(path, "rb") as f:
         while True:
             chunk = f.read(65536)

@@ -78,7 +78,7 @@ class _Act:
         self.say(f"[bold]server:[/] publishes {label} {commit[:12]} on {self.ref}")
 
     def run_host(self, argv: list[str]) -> str:
-        self.cmd("atomicedge lab host -- " + " ".join(argv[1:]))
+        self.cmd("atomicedge lab host -- atomicedge " + " ".join(argv[1:]))
         proc = subprocess.run(self.lab.host_argv(argv), capture_output=True, text=True,
                               timeout=900)
         if proc.returncode != 0:
@@ -97,9 +97,12 @@ class _Act:
     def follow(self) -> None:
         """Print the console lines that tell the story (boots, health, fallback)."""
         path = self.lab.device(DEVICE).dir / "console.log"
-        with open(path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
+        try:
+            with open(path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:  # the first boot has not started yet
+            return
         end = data.rfind(b"\n") + 1
         self.offset += end
         for raw in data[:end].decode(errors="replace").splitlines():
@@ -137,7 +140,7 @@ def _history(repo: Repo, ref: str) -> tuple[str, str]:
 def _serve(act: _Act, served: Path) -> None:
     argv = [ATOMICEDGE, "repo", "serve", "--repo", str(served), "--bind",
             act.lab.net.host_ip, "--port", str(PORT)]
-    act.cmd("atomicedge lab host -- " + " ".join(argv[1:]) + " &")
+    act.cmd("atomicedge lab host -- atomicedge " + " ".join(argv[1:]) + " &")
     with open(act.workdir / "serve.log", "wb") as log:
         act.server = subprocess.Popen(act.lab.host_argv(argv), stdout=log,
                                       stderr=subprocess.STDOUT)
