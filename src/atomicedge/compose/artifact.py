@@ -17,13 +17,8 @@ import tempfile
 from pathlib import Path
 
 from atomicedge.compose.apt import AptState
+from atomicedge.compose.metadata import compose_json
 from atomicedge.ostree.repo import Repo
-
-
-def compose_json(repo: Repo, ref: str, commit: str) -> dict[str, object]:
-    c = repo.load_commit(commit)
-    return {"ref": ref, "ostree-commit": commit, "ostree-version": c.version or "",
-            "ostree-timestamp": c.timestamp, "ostree-parent": c.parent or ""}
 
 
 def write_commit_tar(repo: Repo, ref: str, commit: str, output: Path) -> None:

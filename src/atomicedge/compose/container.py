@@ -36,7 +36,7 @@ from pathlib import Path
 
 from atomicedge import runner as tool
 from atomicedge.compose.apt import AptState
-from atomicedge.compose.artifact import compose_json
+from atomicedge.compose.metadata import compose_json
 from atomicedge.errors import NotFoundError, UsageError
 from atomicedge.ostree.objects import ObjectType
 from atomicedge.ostree.repo import Repo
