@@ -355,19 +355,28 @@ async def bp_depsolve(request: web.Request) -> web.StreamResponse:
     names = _names_or_error(request, "names")
     if isinstance(names, web.Response):
         return names
-    out, errors = [], []
+    out: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
     for name in names:
-        bp, _ = ctx(request).store.get(name)
-        if bp is None:
-            errors.append({"id": "UnknownBlueprint", "msg": f"{name}: blueprint not found"})
-            continue
-        try:
-            deps = await asyncio.to_thread(_depsolve, ctx(request), bp)
-        except AtomicEdgeError as exc:
-            errors.append({"id": "BlueprintsError", "msg": f"{name}: {exc}"})
-            deps = []
-        out.append({"blueprint": bpmod.ordered(bp), "dependencies": deps})
+        bp, deps = await _solved(request, name, errors)
+        if bp is not None:
+            out.append({"blueprint": bpmod.ordered(bp), "dependencies": deps or []})
     return reply({"blueprints": out, "errors": errors})
+
+
+async def _solved(request: web.Request, name: str, errors: list[dict[str, str]]
+                  ) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+    """(blueprint, its depsolved packages) of ``name``; what fails is added to ``errors`` and
+    is None (the blueprint too when it does not exist)."""
+    bp, _ = ctx(request).store.get(name)
+    if bp is None:
+        errors.append({"id": "UnknownBlueprint", "msg": f"{name}: blueprint not found"})
+        return None, None
+    try:
+        return bp, await asyncio.to_thread(_depsolve, ctx(request), bp)
+    except AtomicEdgeError as exc:
+        errors.append({"id": "BlueprintsError", "msg": f"{name}: {exc}"})
+        return bp, None
 
 
 def _depsolve(c: Context, bp: dict[str, Any]) -> list[dict[str, Any]]:
@@ -400,16 +409,11 @@ async def bp_freeze(request: web.Request) -> web.StreamResponse:
     names = _names_or_error(request, "names")
     if isinstance(names, web.Response):
         return names
-    out, errors = [], []
+    out: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
     for name in names:
-        bp, _ = ctx(request).store.get(name)
-        if bp is None:
-            errors.append({"id": "UnknownBlueprint", "msg": f"{name}: blueprint not found"})
-            break
-        try:
-            deps = await asyncio.to_thread(_depsolve, ctx(request), bp)
-        except AtomicEdgeError as exc:
-            errors.append({"id": "BlueprintsError", "msg": f"{name}: {exc}"})
+        bp, deps = await _solved(request, name, errors)
+        if bp is None or deps is None:
             break
         out.append({"blueprint": bpmod.ordered(freeze(bp, deps))})
     if request.query.get("format") == "toml":
