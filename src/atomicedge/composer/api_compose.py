@@ -319,9 +319,12 @@ async def compose_log(request: web.Request) -> web.StreamResponse:
     return web.Response(text=text, content_type="text/plain")
 
 
-def _done(job: Job, msg: str) -> web.Response | None:
-    if job.state in (FINISHED, FAILED):
-        return None
+def _done_job(request: web.Request, msg: str) -> Job | web.Response:
+    """The FINISHED or FAILED compose of the path; else the error, ``msg`` formatted with
+    (id, state) when it is in another state."""
+    job = _job(request, "Compose {} doesn't exist")
+    if isinstance(job, web.Response) or job.state in (FINISHED, FAILED):
+        return job
     return error(400, ("BuildInWrongState", msg.format(job.id, job.state)))
 
 
@@ -358,12 +361,9 @@ async def _tar_response(request: web.Request, filename: str,
 
 @route()
 async def compose_logs(request: web.Request) -> web.StreamResponse:
-    job = _job(request, "Compose {} doesn't exist")
+    job = _done_job(request, "Build {} not in FINISHED or FAILED state.")
     if isinstance(job, web.Response):
         return job
-    bad = _done(job, "Build {} not in FINISHED or FAILED state.")
-    if bad:
-        return bad
     log = _log_text(ctx(request), job).encode()
     return await _tar_response(request, f"{job.id}-logs.tar", [("logs/osbuild.log", log)])
 
@@ -375,24 +375,18 @@ def _metadata(job: Job) -> bytes:
 
 @route()
 async def compose_metadata(request: web.Request) -> web.StreamResponse:
-    job = _job(request, "Compose {} doesn't exist")
+    job = _done_job(request, "Build {} is in wrong state: {}")
     if isinstance(job, web.Response):
         return job
-    bad = _done(job, "Build {} is in wrong state: {}")
-    if bad:
-        return bad
     return await _tar_response(request, f"{job.id}-metadata.tar",
                                [(f"{job.id}.json", _metadata(job))])
 
 
 @route()
 async def compose_results(request: web.Request) -> web.StreamResponse:
-    job = _job(request, "Compose {} doesn't exist")
+    job = _done_job(request, "Build {} is in wrong state: {}")
     if isinstance(job, web.Response):
         return job
-    bad = _done(job, "Build {} is in wrong state: {}")
-    if bad:
-        return bad
     members = [(f"{job.id}.json", _metadata(job)),
                ("logs/osbuild.log", _log_text(ctx(request), job).encode())]
     image = None
