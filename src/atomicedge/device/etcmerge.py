@@ -131,16 +131,24 @@ def _copy_dir(src_parent: int, src_name: str, dest_parent: int, dest_name: str) 
             _copy_dir_attrs(src, dest)
             for child in sorted(os.listdir(src)):
                 st = os.stat(child, dir_fd=src, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    _copy_dir(src, child, dest, child)
-                elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                    _copy_file(src, child, st, dest)
-                else:
+                if not _copy_entry(src, child, st, dest):
                     log.warning("/etc: not copying special file %s", child)
         finally:
             os.close(dest)
     finally:
         os.close(src)
+
+
+def _copy_entry(src_parent: int, name: str, st: os.stat_result, dest_parent: int) -> bool:
+    """Copy ``name`` (stat ``st``) of any kind ostree copies: a directory with all below it, a
+    regular file or a symlink. False, and nothing copied, for a special file."""
+    if stat.S_ISDIR(st.st_mode):
+        _copy_dir(src_parent, name, dest_parent, name)
+    elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+        _copy_file(src_parent, name, st, dest_parent)
+    else:
+        return False
+    return True
 
 
 def copy_tree(src: Path, dest: Path) -> None:
@@ -315,11 +323,7 @@ def _copy_changed(mod: int, new: int, rel: str) -> None:
                 return  # ostree leaves a directory that exists on both sides alone
             if nst is not None:
                 os.unlink(name, dir_fd=dest_parent)
-            if stat.S_ISDIR(mst.st_mode):
-                _copy_dir(src_parent, name, dest_parent, name)
-            elif stat.S_ISREG(mst.st_mode) or stat.S_ISLNK(mst.st_mode):
-                _copy_file(src_parent, name, mst, dest_parent)
-            else:
+            if not _copy_entry(src_parent, name, mst, dest_parent):
                 log.info("/etc merge: ignoring special file /etc/%s", rel)
         finally:
             os.close(dest_parent)
