@@ -83,9 +83,14 @@ def build_repo(dest: Path) -> Path:
         if not target.exists():
             os.link(deb, target)
     build_test_debs(dest.parent / "debsrc", dest)
+    return index_repo(dest)
+
+
+def index_repo(dest: Path) -> Path:
+    """Packages + Release (Suite/Codename bookworm, written outside ``dest`` first)."""
     with open(dest / "Packages", "w") as fh:
         subprocess.run(["apt-ftparchive", "packages", "."], cwd=dest, stdout=fh, check=True)
-    release = dest.parent / "Release.tmp"
+    release = dest.parent / f".Release.tmp-{dest.name}"
     with open(release, "w") as fh:
         subprocess.run(["apt-ftparchive", "-o", "APT::FTPArchive::Release::Suite=bookworm",
                         "-o", "APT::FTPArchive::Release::Codename=bookworm", "release", "."],

@@ -28,6 +28,7 @@ import pytest
 from atomicedge.compose.apt import AptState, Sources
 from atomicedge.compose.cache import default_root
 from atomicedge.compose.mmdebstrap import unmount_below
+from tests.compose import offline_repo
 
 REF = "debian/12/x86_64/edge"
 BLUEPRINT = '''
@@ -68,14 +69,7 @@ def server_repo(apt_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     host = AptState(Sources.host(), default_root(), "amd64")
     host.update()
     _run(["apt-get", "-q", "download", *host.options(), "busybox-static"], cwd=repo)
-    with open(repo / "Packages", "w") as fh:
-        subprocess.run(["apt-ftparchive", "packages", "."], cwd=repo, stdout=fh, check=True)
-    with open(work / "Release.tmp", "w") as fh:
-        subprocess.run(["apt-ftparchive", "-o", "APT::FTPArchive::Release::Suite=bookworm",
-                        "-o", "APT::FTPArchive::Release::Codename=bookworm", "release", "."],
-                       cwd=repo, stdout=fh, check=True)
-    os.replace(work / "Release.tmp", repo / "Release")
-    return repo
+    return offline_repo.index_repo(repo)
 
 
 @dataclass

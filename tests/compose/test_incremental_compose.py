@@ -26,6 +26,7 @@ from atomicedge.compose.build import ComposeRequest, ComposeResult, Steps, compo
 from atomicedge.compose.cache import TreeCache, TreeMeta, installed
 from atomicedge.compose.mmdebstrap import unmount_below
 from atomicedge.compose.validate import parse_text
+from tests.compose import offline_repo
 
 V1 = '''
 name = "gateway"
@@ -110,14 +111,7 @@ def offline(apt_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                                          "DEBIAN/postinst": ("#!/bin/sh\nset -e\n"
                                                              "echo /usr/bin/edge-sh >> "
                                                              "/etc/shells\n", 0o755)})
-    with open(repo / "Packages", "w") as fh:
-        subprocess.run(["apt-ftparchive", "packages", "."], cwd=repo, stdout=fh, check=True)
-    with open(work / "Release.tmp", "w") as fh:
-        subprocess.run(["apt-ftparchive", "-o", "APT::FTPArchive::Release::Suite=bookworm",
-                        "-o", "APT::FTPArchive::Release::Codename=bookworm", "release", "."],
-                       cwd=repo, stdout=fh, check=True)
-    os.replace(work / "Release.tmp", repo / "Release")
-    return repo
+    return offline_repo.index_repo(repo)
 
 
 @dataclass
