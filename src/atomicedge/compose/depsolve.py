@@ -29,6 +29,9 @@ from atomicedge.workload import podman_defaults
 MINBASE = ["?essential", "?priority(required)", "apt"]
 EDGE_BASE = ["systemd", "systemd-sysv", "udev", "dbus", "kmod", "iproute2", "openssh-server",
              "sudo", "dracut", "ostree", "ostree-boot", "ca-certificates",
+             # /etc/protocols and /etc/services: firewalld (and much else) refuses to start
+             # without them, and minbase does not carry them
+             "netbase",
              # the device agent (atomicedge itself, copied in by the build) runs on these
              "python3", "python3-rich", "python3-urllib3", "python3-nacl"]
 PROFILES = ("edge", "test")

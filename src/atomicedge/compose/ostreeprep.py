@@ -102,8 +102,10 @@ def machine_id(tree: Path) -> None:
     if (tree / "usr/sbin/sshd").exists():
         drop = tree / SSH_DROPIN
         drop.parent.mkdir(parents=True, exist_ok=True)
-        drop.write_text("[Service]\n# host keys are per device: made at first start\n"
-                        "ExecStartPre=/usr/bin/ssh-keygen -A\n")
+        # host keys are per device, made at first start - before Debian's config test
+        # (``sshd -t`` fails without them), so the list is reset and given in order
+        drop.write_text("[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\n"
+                        "ExecStartPre=/usr/sbin/sshd -t\n")
 
 
 def _tmpfiles_entry(tree: Path, path: Path) -> str:
