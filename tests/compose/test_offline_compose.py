@@ -147,8 +147,9 @@ def test_users_groups_and_hashed_password_in_checked_out_tree(built: dict[str, o
     st = (co / "usr/etc/shadow").stat()
     assert st.st_mode & 0o777 == 0o640
     keys = (co / "usr/lib/tmpfiles.d/atomicedge-users.conf").read_text()
-    assert "f+ /home/admin/.ssh/authorized_keys 0600 admin admin - ssh-ed25519" in keys
-    assert "f+ /root/.ssh/authorized_keys 0600 root root - ssh-ed25519" in keys
+    # created once: keys added on the device later are not overwritten at the next boot
+    assert "\nf /home/admin/.ssh/authorized_keys 0600 admin admin - ssh-ed25519" in keys
+    assert "\nf /root/.ssh/authorized_keys 0600 root root - ssh-ed25519" in keys
     assert shadow["root"][1].startswith("$6$fixedsalt$")   # an existing hash is kept as is
 
 

@@ -128,7 +128,10 @@ def add_user(tree: Path, user: User, salt_seed: str) -> None:
 
 
 def _tmpfiles_lines(tree: Path, bp: Blueprint) -> list[str]:
-    """Home directories and authorized_keys, created at first boot (they live in /var)."""
+    """Home directories and authorized_keys, created at first boot (they live in /var).
+
+    ``f``, not ``f+``: the blueprint's keys seed the file once; keys added later on the device
+    (Ignition, the administrator) are never overwritten at the next boot."""
     cust = bp.customizations
     keys: dict[str, list[str]] = {}
     for user in cust.users:
@@ -146,7 +149,7 @@ def _tmpfiles_lines(tree: Path, bp: Blueprint) -> list[str]:
         if name in keys:
             content = "\\n".join(keys[name]) + "\\n"
             out.append(f"d {home}/.ssh 0700 {name} {name} -")
-            out.append(f"f+ {home}/.ssh/authorized_keys 0600 {name} {name} - {content}")
+            out.append(f"f {home}/.ssh/authorized_keys 0600 {name} {name} - {content}")
     return out
 
 
