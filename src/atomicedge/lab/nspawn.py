@@ -84,6 +84,9 @@ def nspawn_argv(sysroot: Sysroot, choice: bootloader.BootChoice, flag_file: Path
     argv = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(ddir),
             "--console=read-only", f"--machine={machine}",
             f"--network-namespace-path={netns}" if netns else "--private-network",
+            # the device owns its network stack, as a machine does: firewalld's nftables rules,
+            # keepalived's VIPs (nspawn keeps CAP_NET_ADMIN for --private-network only)
+            "--capability=CAP_NET_ADMIN",
             f"--bind={sysroot.path.resolve()}:/sysroot:norbind", f"--bind={var.resolve()}:/var",
             f"--bind-ro={ddir}/usr:/usr", f"--bind-ro={flag_file}:/run/ostree-booted"]
     argv += [f"--bind-ro={src.resolve()}:{dest}" for src, dest in binds]
