@@ -27,7 +27,7 @@ ONCE = "[ -e /run/rt/{name} ] && exec sleep infinity; touch /run/rt/{name}; "
 CAUSE = {  # [Service] lines; the first run exits for this cause
     "clean": "ExecStart=/bin/sh -c '" + ONCE + "exit 0'\n",
     "exit-code": "ExecStart=/bin/sh -c '" + ONCE + "exit 3'\n",
-    "signal": "ExecStart=/bin/sh -c '" + ONCE + "kill -9 $$'\n",
+    "signal": "ExecStart=/bin/sh -c '" + ONCE + "kill -9 $$$$'\n",  # systemd: $$ -> $
     "timeout": ("ExecStartPre=/bin/sh -c '[ -e /run/rt/{name} ] || "
                 "{{ touch /run/rt/{name}; sleep 60; }}'\n"
                 "ExecStart=/bin/sleep infinity\nTimeoutStartSec=1s\n"),
