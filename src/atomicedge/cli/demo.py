@@ -1,7 +1,8 @@
 """``atomicedge demo``: the seed demo, end to end, on an embedded default.
 
 Acts, each a library call of its subsystem: (1) the store commits a sample tree and the real
-``ostree fsck`` judges it; (2) the image builder composes the gateway blueprint v1 and v2;
+``ostree fsck`` judges it; (2) the composer service composes the gateway blueprint v1 and v2
+(v1 as parent), watched with composer-cli-style status lines;
 (3) the repo is served, pulled with a live progress bar, updated through a static delta;
 (4) a device is installed, boots, takes a bad update, rolls back by itself after three
 failed boots, then takes the good one. Any act that fails stops the demo with exit 1.
