@@ -244,7 +244,8 @@ def watch(client: Client, build_id: str, console: Console,
         if message and message != step:
             step = message
             p = e["progress"]
-            console.print(f"    [dim]{p.get('done', 0)}/{p.get('total', 0)} {message}[/dim]")
+            count = f"{p.get('done', 0)}/{p['total']} " if p.get("total") else ""
+            console.print(f"    [dim]{count}{message}[/dim]")
         if state == "FINISHED":
             return lines
         if state == "FAILED":
