@@ -148,8 +148,10 @@ def test_users_groups_and_hashed_password_in_checked_out_tree(built: dict[str, o
     assert st.st_mode & 0o777 == 0o640
     keys = (co / "usr/lib/tmpfiles.d/atomicedge-users.conf").read_text()
     # created once: keys added on the device later are not overwritten at the next boot
-    assert "\nf /home/admin/.ssh/authorized_keys 0600 admin admin - ssh-ed25519" in keys
-    assert "\nf /root/.ssh/authorized_keys 0600 root root - ssh-ed25519" in keys
+    # ... and under /var directly: /home and /root are links tmpfiles cannot follow yet
+    assert "\nd /var/home/admin 0700 admin admin -" in keys
+    assert "\nf /var/home/admin/.ssh/authorized_keys 0600 admin admin - ssh-ed25519" in keys
+    assert "\nf /var/roothome/.ssh/authorized_keys 0600 root root - ssh-ed25519" in keys
     assert shadow["root"][1].startswith("$6$fixedsalt$")   # an existing hash is kept as is
 
 

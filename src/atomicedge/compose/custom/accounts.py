@@ -22,6 +22,7 @@ from pathlib import Path
 
 from atomicedge import runner as tool
 from atomicedge.compose.blueprint import Blueprint, User
+from atomicedge.compose.ostreeprep import LINKS
 from atomicedge.errors import UsageError
 
 TMPFILES = "usr/lib/tmpfiles.d/atomicedge-users.conf"
@@ -127,6 +128,14 @@ def add_user(tree: Path, user: User, salt_seed: str) -> None:
                  what=f"chage {user.name}", env=ENV)
 
 
+def _under_var(path: str) -> str:
+    """``/home/x`` -> ``/var/home/x`` (``/root`` -> ``/var/roothome``...): on the device those
+    are links into /var that tmpfiles cannot follow before /var/home exists."""
+    first, _, rest = path.strip("/").partition("/")
+    target = LINKS.get(first)
+    return "/" + "/".join(p for p in (target, rest) if p) if target else path
+
+
 def _tmpfiles_lines(tree: Path, bp: Blueprint) -> list[str]:
     """Home directories and authorized_keys, created at first boot (they live in /var).
 
@@ -143,7 +152,7 @@ def _tmpfiles_lines(tree: Path, bp: Blueprint) -> list[str]:
     out = []
     for name in [u.name for u in cust.users] + sorted(set(keys) - {u.name for u in cust.users}):
         fields = passwd[name]
-        home = fields[5]
+        home = _under_var(fields[5])
         if name != "root":
             out.append(f"d {home} 0700 {name} {name} -")
         if name in keys:
