@@ -77,7 +77,10 @@ def test_first_boot_applies_ignition_once(gateway_images: Any, tmp_path: Path) -
                    (deployment / "etc/passwd").read_text().splitlines())
         (keys,) = [p for p in (var / "home/core/.ssh/authorized_keys",
                                deployment / "home/core/.ssh/authorized_keys") if p.exists()]
-        assert keys.read_text() == KEY + "\n"
+        lines = keys.read_text().splitlines()
+        assert lines.count(KEY) == 1  # Ignition's key, added once
+        # the blueprint's key (gateway-v1.toml) seeded the file at first boot and is kept
+        assert any(ln.endswith(" core@laptop") for ln in lines), lines
         assert (deployment / "etc/hello/motd").read_text() == "Hello from Ignition!"
         assert len((var / "lib/hello/started").read_text().split()) == 1  # started on boot 1
         assert (var / "lib/atomicedge/ignition.done").is_file()
@@ -88,5 +91,6 @@ def test_first_boot_applies_ignition_once(gateway_images: Any, tmp_path: Path) -
         assert (deployment / "etc/hello/motd").read_text() == "edited after first boot\n"
         ids = (var / "lib/hello/started").read_text().split()
         assert len(ids) == 2 and ids[0] != ids[1]  # still enabled: started on boot 2 too
+        assert keys.read_text().splitlines() == lines  # tmpfiles did not rewrite the keys
     finally:
         remove_sysroot(sysroot)
