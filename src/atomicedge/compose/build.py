@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import posixpath
 import shutil
 import tempfile
 import time
@@ -41,6 +42,7 @@ from atomicedge.workload import podman_defaults
 log = logging.getLogger("atomicedge.compose")
 IMAGE_TYPES = ("edge-commit", "edge-container")
 DISK_TYPES = ("edge-raw-image", "qcow2")   # bootable disks: compose/disk.py, written by the CLI
+BLUEPRINT_DRACUT = "/etc/dracut.conf.d/"     # blueprint files here rebuild the initramfs
 
 
 @dataclass
@@ -155,6 +157,14 @@ def _customize(tree: Path, bp: Blueprint, profile: str) -> None:
     if profile == "edge" and not cust.firewall.empty():
         extra = ("firewalld.service",)
     services.apply(tree, cust.services, extra)
+
+
+def blueprint_dracut(bp: Blueprint, tree: Path) -> bool:
+    """Whether the image's initramfs must be made again: a blueprint file under
+    /etc/dracut.conf.d/ (``drivers=""`` to opt back into Debian's full generic initramfs, or
+    ``add_drivers+=``) applies to it. Without one the package tree's initramfs is used as is."""
+    return (tree / "usr/bin/dracut").exists() and any(
+        posixpath.normpath(f.path).startswith(BLUEPRINT_DRACUT) for f in bp.customizations.files)
 
 
 def _metadata(bp: Blueprint, inhash: str, prep: dict[str, object]) -> dict[str, Variant]:
@@ -273,6 +283,9 @@ def compose(req: ComposeRequest, steps: Steps | None = None) -> ComposeResult:
                 _install_edge_base(tree)
         with steps.step("customizations"):
             _customize(tree, bp, req.profile)
+        if blueprint_dracut(bp, tree):
+            with steps.step("initramfs (dracut with the blueprint's configuration)"):
+                incremental.rebuild_initramfs(tree)
         with steps.step("ostree preparation"):
             prep = ostreeprep.prepare(tree)
         with steps.step("commit"):

@@ -1,10 +1,11 @@
 """Content-addressed cache of installed package trees (the output of mmdebstrap).
 
-Key = sha256 of (cache format, distro/suite/arch, profile, the sources' Release file hashes, the
-mmdebstrap include list, the resolved package set). If any input changes — a security update
-lands in the mirror, a package is added — the key changes and the tree is built again: from
-scratch by mmdebstrap, or, when a cached tree holds a subset of the new package set, by apt
-inside a copy of that tree (``incremental.py``). Otherwise a recompose copies the cached tree.
+Key = sha256 of (cache format, dracut configuration, distro/suite/arch, profile, the sources'
+Release file hashes, the mmdebstrap include list, the resolved package set). If any input
+changes — a security update lands in the mirror, a package is added — the key changes and the
+tree is built again: from scratch by mmdebstrap, or, when a cached tree holds a subset of the
+new package set, by apt inside a copy of that tree (``incremental.py``). Otherwise a recompose
+copies the cached tree.
 
 Next to each tree, ``<key>.json`` records what it holds (sources, includes, packages): that is
 how a base for an incremental build is found. Trees are built in ``<key>.tmp-<pid>`` and
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from atomicedge import runner as tool
 from atomicedge.compose.depsolve import Resolution
-from atomicedge.compose.mmdebstrap import remove_tree
+from atomicedge.compose.mmdebstrap import DRACUT_CONF, remove_tree
 from atomicedge.fsutil import atomic_write
 
 FORMAT = 2   # 2: dpkg's *-old backups dropped (mmdebstrap.drop_backups)
@@ -38,7 +39,9 @@ def default_root() -> Path:
 
 
 def tree_key(distro: str, suite: str, arch: str, res: Resolution) -> str:
-    blob = json.dumps({"format": FORMAT, "distro": distro, "suite": suite, "arch": arch,
+    # the dracut configuration decides the tree's initramfs: a change builds new trees
+    blob = json.dumps({"format": FORMAT, "dracut": DRACUT_CONF, "distro": distro,
+                       "suite": suite, "arch": arch,
                        "profile": res.profile, "release": res.release_hashes,
                        "includes": res.includes, "packages": res.packages}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -25,7 +25,9 @@ refuses the shortcut (``Refused``) so the caller builds from scratch instead:
 * an initramfs in the base is rebuilt (mmdebstrap's customize hook, ``INITRAMFS_HOOK``) when an
   added/changed package ships files the initramfs holds or that decide what it holds (kernel
   modules, firmware, dracut modules and config, udev) or a binary a dracut module's ``check()``
-  looks for; otherwise the base's initramfs is what a clean build would have produced.
+  looks for, or when the base was built with another dracut configuration (mmdebstrap's
+  ``DRACUT_CONF``, rewritten into the copy first); otherwise the base's initramfs is what a
+  clean build would have produced.
 """
 
 from __future__ import annotations
@@ -44,7 +46,12 @@ from typing import Protocol
 from atomicedge import runner as tool
 from atomicedge.compose.apt import AptState
 from atomicedge.compose.cache import TreeCache, TreeMeta, installed
-from atomicedge.compose.mmdebstrap import INITRAMFS_HOOK, drop_backups
+from atomicedge.compose.mmdebstrap import (
+    DRACUT_CONF,
+    DRACUT_CONF_FILE,
+    INITRAMFS_HOOK,
+    drop_backups,
+)
 from atomicedge.errors import AtomicEdgeError, ToolError
 
 # files under /etc rebuilt from the whole tree by triggers, independent of install order
@@ -281,6 +288,30 @@ def initramfs_affected(tree: Path, changed_files: set[str], in_image: set[str]) 
     return None
 
 
+def sync_dracut_conf(tree: Path) -> str | None:
+    """Give ``tree`` the current dracut configuration (what mmdebstrap's essential hook writes in
+    a clean build); returns why the initramfs must be rebuilt when the tree had another one."""
+    conf = tree / DRACUT_CONF_FILE
+    if conf.is_file() and not conf.is_symlink() and conf.read_text() == DRACUT_CONF:
+        return None
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.unlink(missing_ok=True)   # never through a link into the cached tree
+    conf.write_text(DRACUT_CONF)
+    conf.chmod(0o644)
+    return f"the base was built with another /{DRACUT_CONF_FILE}"
+
+
+def rebuild_initramfs(tree: Path) -> None:
+    """Run dracut in ``tree`` again, as mmdebstrap's customize hook does (``INITRAMFS_HOOK``, a
+    private mount namespace with /proc and /sys). The old image is unlinked first: dracut copies
+    over its output in place, and it may be a hard link into a cached tree."""
+    for old in (tree / "boot").glob("initrd.img-*"):
+        old.unlink()
+    env = {**os.environ, **ENV, "AE_REPO": "", "AE_AUTO": "", "AE_HOOK": INITRAMFS_HOOK}
+    tool.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", SCRIPT, "hook",
+              str(tree)], env=env, what="initramfs rebuild (dracut)", timeout=1800)
+
+
 def _etc_contents(tree: Path) -> dict[str, str]:
     """rel path -> sha256 of every regular file under /etc (a few MB)."""
     out = {}
@@ -301,6 +332,7 @@ def build(state: AptState, p: Plan, want: TreeMeta, target: Path,
     ``copy(target)`` makes the working copy (hard links, real /etc and /var). Raises Refused
     (target left for the caller to delete) when the result could differ from a clean build."""
     copy(target)
+    conf_changed = sync_dracut_conf(target)
     shared = _snapshot(target)
     base = installed(target)
     old_files = owned_files(target, p.changed)
@@ -322,13 +354,10 @@ def build(state: AptState, p: Plan, want: TreeMeta, target: Path,
                  hint="see the apt error above; --no-cache builds from scratch")
         new = {n for n, _, _ in installed(target) - base}
         new_files = owned_files(target, new) | old_files
-        reason = initramfs_affected(target, new_files, in_image) if in_image is not None \
-            else None
+        reason = (conf_changed or initramfs_affected(target, new_files, in_image)) \
+            if in_image is not None else None
         if reason:
-            for old in (target / "boot").glob("initrd.img-*"):
-                old.unlink()  # dracut copies over its output in place: never through a link
-            tool.run([*ns, "sh", "-c", SCRIPT, "hook", str(target)],
-                     env={**env, "AE_HOOK": INITRAMFS_HOOK}, what="initramfs rebuild (dracut)")
+            rebuild_initramfs(target)
     finally:
         _unfake(target)
     cleanup(target)

@@ -10,6 +10,7 @@ before the half tree is deleted (the caller only ever sees a complete tree or no
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -19,11 +20,28 @@ from atomicedge.compose.apt import AptState
 AUTOMOUNT_HOOKS = Path("/usr/share/mmdebstrap/hooks/file-mirror-automount")
 # a whole image build (download, unpack, configure) on a busy 2-core machine: well above it
 MMDEBSTRAP_TIMEOUT = 3600.0
-# dracut must build a generic initramfs (the build host is not the device); Debian's
-# ostree-boot adds its 98ostree module through /etc/dracut.conf.d/ostree.conf
-DRACUT_CONF = 'hostonly="no"\nhostonly_cmdline="no"\n'
+# dracut must build a generic initramfs (the build host is not the device), trimmed to what an
+# edge device boots from: an exclusive driver list (``drivers+=``, dracut's ``--drivers``) and no
+# LUKS/LVM/RAID/multipath/NVDIMM/hibernation/virtiofs modules: 15 MB instead of Debian's 39 MB,
+# ~8 s less per boot under TCG and ~40 s less per image build. Debian's ostree-boot adds its
+# 98ostree module through /etc/dracut.conf.d/ostree.conf. A blueprint file in /etc/dracut.conf.d
+# changes it (``build.BLUEPRINT_DRACUT``; docs/booting.md "The initramfs").
+DRACUT_CONF_FILE = "etc/dracut.conf.d/10-atomicedge.conf"
+DRACUT_DRIVERS = (
+    "virtio_blk virtio_scsi virtio_pci virtio_console sd_mod sr_mod ahci ata_piix",  # VMs, SATA
+    "nvme usb_storage uas xhci_pci ehci_pci ohci_pci uhci_hcd",             # NVMe, USB disks
+    "mmc_block sdhci_pci sdhci_acpi",                                       # SD cards, eMMC
+    "ext4 crc32c_generic vfat nls_cp437 nls_iso8859_1 isofs squashfs loop overlay",  # fs
+    "usbhid hid_generic")                                 # a USB keyboard for the rescue shell
+DRACUT_OMIT = "crypt dm lvm mdraid dmraid multipath nvdimm lunmask resume virtiofs"
+DRACUT_CONF = ('hostonly="no"\nhostonly_cmdline="no"\n'
+               f'drivers+=" {" ".join(DRACUT_DRIVERS)} "\n'
+               f'omit_dracutmodules+=" {DRACUT_OMIT} "\n')
 
 
+# before any package: the configuration is in place when the kernel and dracut are set up
+DRACUT_HOOK = (f'mkdir -p "$1/etc/dracut.conf.d" && printf %s {shlex.quote(DRACUT_CONF)} '
+               f'> "$1/{DRACUT_CONF_FILE}"')
 INITRAMFS_HOOK = (
     'for k in "$1"/boot/vmlinuz-*; do [ -e "$k" ] || continue; v="${k##*/vmlinuz-}"; '
     'if [ -x "$1/usr/bin/dracut" ]; then chroot "$1" env -u INITRD dracut -q --force '
@@ -62,8 +80,7 @@ def build_tree(state: AptState, suite: str, includes: list[str], target: Path) -
     argv = ["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
             f"--architectures={state.arch}",
             "--aptopt=APT::Install-Recommends \"false\"",
-            "--essential-hook=mkdir -p \"$1/etc/dracut.conf.d\" && printf '%s' "
-            f"'{DRACUT_CONF}' > \"$1/etc/dracut.conf.d/10-atomicedge.conf\""]
+            f"--essential-hook={DRACUT_HOOK}"]
     if includes:
         argv.append("--include=" + ",".join(includes))
     # the kernel's and dracut's maintainer scripts would each build the initramfs (~2 min
