@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import pytest
 from atomicedge.compose.apt import AptState, Sources
 from atomicedge.compose.cache import default_root
 from atomicedge.compose.mmdebstrap import unmount_below
+from atomicedge.lab.registry import Registry
 from tests.compose import offline_repo
 
 REF = "debian/12/x86_64/edge"
@@ -170,28 +170,8 @@ def test_podman_runs_it_and_a_real_ostree_pull_from_it_succeeds(built: Built, ne
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[str]:
     """docker-registry on 127.0.0.1:<free port>, temp storage; yields HOST:PORT."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = tmp_path / "registry.yml"
-    config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-                      f"    rootdirectory: {tmp_path / 'data'}\n  delete:\n    enabled: true\n"
-                      f"http:\n  addr: 127.0.0.1:{port}\n")
-    with open(tmp_path / "registry.log", "w") as log:
-        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log,
-                                stderr=subprocess.STDOUT)
-    try:
-        def up() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2):
-                    return True
-            except OSError:
-                return proc.poll() is not None   # died: stop polling, the push will say why
-        _poll("docker-registry", up)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with Registry.start(tmp_path / "registry", "127.0.0.1") as reg:
+        yield reg.host
 
 
 def test_push_goes_straight_to_a_registry_that_skopeo_reads_back(built: Built,
