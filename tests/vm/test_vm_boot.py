@@ -1,9 +1,10 @@
 """Real boots under QEMU (TCG): the composed gateway v1 as a qcow2, GRUB, dracut, systemd.
 
-One qcow2 is built from the session's composed gateway images (``compose/disk.py``: the
-device code deploys the commit, GRUB BIOS + UEFI, ``--vm-agent`` for the command channel),
-then ONE VM is booted (SeaBIOS) and every check runs inside it through the agent; the last
-test boots the same disk with OVMF (UEFI). Nothing is faked: kernel, initramfs with
+The disk is the session's qcow2 of the composed gateway v1 (``tests/vm/conftest.py``:
+``compose/disk.py``, the device code deploys the commit, GRUB BIOS + UEFI, ``--vm-agent`` for
+the command channel, ``--dhcp``), as a fresh overlay for this module; ONE VM is booted
+(SeaBIOS) and every check runs inside it through the agent; the last test boots the same disk
+with OVMF (UEFI). Nothing is faked: kernel, initramfs with
 ostree-prepare-root, GRUB's own script reading grubenv, the device agent on the image's python.
 The update remote of the disk is an HTTP server on the host's 127.0.0.1, which the guest
 reaches as 10.0.2.2 through QEMU's user network (stays on this machine).
@@ -12,55 +13,23 @@ reaches as 10.0.2.2 through QEMU's user network (stays on this machine).
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from atomicedge.compose import disk
 from atomicedge.lab import vm
-from atomicedge.ostree.repo import Repo
-from atomicedge.publish.serve import Server
+from tests.vm.conftest import BOOT_TIMEOUT
 
 # compose (cached trees) + disk build + two boots: far above the suite's 600 s per-test default
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 NAME = "gw"
-BOOT_TIMEOUT = 900.0   # TCG on 2 busy cores: a boot is 30-60 s, generous for a loaded CI
 
 
 @pytest.fixture(scope="module")
-def vm_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("vms")
-    old = os.environ.get("ATOMICEDGE_VM_DIR")
-    os.environ["ATOMICEDGE_VM_DIR"] = str(d)
-    yield d
-    for row in vm.ls():
-        vm.kill(str(row["name"]))
-    if old is None:
-        os.environ.pop("ATOMICEDGE_VM_DIR")
-    else:
-        os.environ["ATOMICEDGE_VM_DIR"] = old
-
-
-@pytest.fixture(scope="module")
-def served(gateway_images):  # type: ignore[no-untyped-def]
-    with Server(gateway_images.repo) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def image(gateway_images, served, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
-    out = tmp_path_factory.mktemp("disk") / "gateway-v1.qcow2"
-    start = time.monotonic()
-    disk.build(disk.DiskSpec(gateway_images.repo, gateway_images.ref, gateway_images.v1, out,
-                             "qcow2", update_url=f"http://10.0.2.2:{served.port}",
-                             kargs=disk.kargs_of(Repo.open(gateway_images.repo),
-                                                 gateway_images.v1), agent=True))
-    print(f"\nqcow2 built in {time.monotonic() - start:.1f} s, {out.stat().st_size >> 20} MiB")
-    return out
+def image(v1_qcow2: Path) -> Path:
+    return v1_qcow2
 
 
 @pytest.fixture(scope="module")
