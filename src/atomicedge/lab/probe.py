@@ -35,6 +35,7 @@ INTERVAL = 0.02           # seconds between the end of one request and the next
 MAX_ANSWER = 64 * 1024
 PROXY = "app-proxy.service"       # the app's socket-activated proxy (core's user unit)
 CONTAINER = "httpd.service"       # the app's container (Quadlet, StopWhenUnneeded)
+SOCKET = "app-proxy.socket"       # the app's port on the VIP
 _STATUS = re.compile(rb"^HTTP/1\.[01] (\d{3})(?: |$)")
 _ON = re.compile(r"\bon ([a-z0-9][a-z0-9-]*)$")
 
@@ -114,8 +115,9 @@ def gaps(records: Sequence[Probe]) -> list[Gap]:
 
 def outage(records: Sequence[Probe], since: float = -math.inf,
            until: float = math.inf) -> Gap | None:
-    """The longest interval without a success that overlaps [since, until]."""
-    inside = [g for g in gaps(records) if g.end > since and g.start < until]
+    """The longest interval without a success that ended in (since, until]: the outage of a
+    failover that happened in that window (it began before ``since`` if the last answer did)."""
+    inside = [g for g in gaps(records) if since < g.end <= until]
     return max(inside, key=lambda g: g.length, default=None)
 
 
@@ -123,6 +125,16 @@ def failures(records: Sequence[Probe], since: float = -math.inf,
              until: float = math.inf) -> int:
     """Failed requests that ended in [since, until)."""
     return sum(1 for p in records if not p.ok and since <= p.end < until)
+
+
+def errors(records: Sequence[Probe], since: float = -math.inf,
+           until: float = math.inf) -> dict[str, int]:
+    """Why requests that ended in [since, until) failed: error -> count."""
+    out: dict[str, int] = {}
+    for p in records:
+        if not p.ok and since <= p.end < until:
+            out[p.error] = out.get(p.error, 0) + 1
+    return out
 
 
 def answered_by(records: Sequence[Probe], since: float, until: float,
@@ -260,6 +272,7 @@ class Round:
     primary_alone: float    # ... and the backup no longer
     primary_start: float    # the primary's app started from zero in (s; 0: it was running)
     end: float
+    primary_listens: float = -math.inf   # the primary's app socket listens since (monotonic)
 
     @property
     def vip_failover(self) -> float:
@@ -272,8 +285,10 @@ class Round:
 
     @property
     def failback(self) -> float:
-        """The same back: the VIP moved (both hold it meanwhile), the primary's app started."""
-        return self.primary_alone - self.primary_holds + self.primary_start
+        """The same back: from the primary taking the VIP until it holds it alone and its app's
+        socket listens (it can take the VIP before: a boot-order race), then its app's start."""
+        return max(self.primary_alone, self.primary_listens) - self.primary_holds \
+            + self.primary_start
 
 
 @dataclass(frozen=True)
@@ -333,6 +348,13 @@ def app_start(apps: AppLab, name: str, since: float) -> float:
     return start_from_zero(proxy, container, since)
 
 
+def listening_since(apps: AppLab, name: str) -> float:
+    """Since when the app's socket on ``name`` listens (monotonic s, per core's systemd)."""
+    out = apps.user_systemctl(name, "show", "-p", "ActiveEnterTimestampMonotonic", "--value",
+                              SOCKET).stdout
+    return int(out.strip() or 0) / 1e6
+
+
 def scale_to_zero(apps: AppLab, name: str) -> None:
     """Stop the app's proxy (the container is then unneeded and stops): the state after its
     idle time, without waiting for it."""
@@ -372,13 +394,13 @@ def _holds(apps: AppLab, name: str, other: str | None = None, timeout: float = 6
 
 
 def _back(apps: AppLab, prober: Prober, primary: str, backup: str, back: float,
-          timeout: float) -> tuple[float, float, float]:
+          timeout: float) -> tuple[float, float, float, float]:
     """The primary (back since ``back``) takes the VIP back: (first seen holding it, holding
-    it alone, its app's start from zero)."""
+    it alone, its app's start from zero, its app's socket listening since)."""
     holds = _holds(apps, primary, timeout=timeout)
     alone = _holds(apps, primary, backup)
     wait_answer(prober, primary, after=alone)
-    return holds, alone, app_start(apps, primary, back)
+    return holds, alone, app_start(apps, primary, back), listening_since(apps, primary)
 
 
 def crash_round(apps: AppLab, prober: Prober, primary: str, backup: str) -> Round:
@@ -391,11 +413,11 @@ def crash_round(apps: AppLab, prober: Prober, primary: str, backup: str) -> Roun
     apps.lab.down(primary, timeout=60)            # what is left of it: namespace, files
     back = time.monotonic()
     apps.up(primary, wait=False)
-    holds, alone, primary_start = _back(apps, prober, primary, backup, back, 300)
+    holds, alone, primary_start, listens = _back(apps, prober, primary, backup, back, 300)
     apps.lab.wait(primary, timeout=300)
     scale_to_zero(apps, backup)
     return Round("crash", primary, backup, down, backup_holds, backup_start, back, holds,
-                 alone, primary_start, time.monotonic())
+                 alone, primary_start, time.monotonic(), listens)
 
 
 def stop_round(apps: AppLab, prober: Prober, primary: str, backup: str) -> Round:
@@ -408,7 +430,7 @@ def stop_round(apps: AppLab, prober: Prober, primary: str, backup: str) -> Round
     backup_start = app_start(apps, backup, down)
     back = time.monotonic()
     apps.lab.run(primary, ["systemctl", "start", "keepalived.service"], timeout=60)
-    holds, alone, primary_start = _back(apps, prober, primary, backup, back, 60)
+    holds, alone, primary_start, listens = _back(apps, prober, primary, backup, back, 60)
     scale_to_zero(apps, backup)
     return Round("stop", primary, backup, down, backup_holds, backup_start, back, holds,
-                 alone, primary_start, time.monotonic())
+                 alone, primary_start, time.monotonic(), listens)
