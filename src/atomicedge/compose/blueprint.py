@@ -24,6 +24,15 @@ class PackageSpec:
 
 
 @dataclass(frozen=True)
+class ContainerSpec:
+    """``[[containers]]``: an image pulled at compose time into the commit's image store."""
+
+    source: str                     # fully qualified reference (tag or @sha256:...)
+    name: str | None = None         # stored under this name instead of ``source``
+    tls_verify: bool = True
+
+
+@dataclass(frozen=True)
 class User:
     name: str
     description: str | None = None
@@ -129,6 +138,7 @@ class Blueprint:
     distro: str = DEFAULT_DISTRO
     packages: tuple[PackageSpec, ...] = ()
     groups: tuple[PackageSpec, ...] = ()   # Debian tasks: group "X" -> package "task-X"
+    containers: tuple[ContainerSpec, ...] = ()
     customizations: Customizations = field(default_factory=Customizations)
     source: str = ""                       # file name, for messages
 

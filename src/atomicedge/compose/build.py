@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from atomicedge.compose import cache as cache_mod
-from atomicedge.compose import closure, incremental, mmdebstrap, ostreeprep
+from atomicedge.compose import closure, containers, incremental, mmdebstrap, ostreeprep
 from atomicedge.compose import depsolve as ds
 from atomicedge.compose.apt import AptState, Sources, host_arch
 from atomicedge.compose.blueprint import Blueprint
@@ -120,16 +120,21 @@ def resolve_url_parent(repo: Repo, url: str, ref: str) -> str:
     return csum
 
 
-def input_hash(tree_key: str, bp: Blueprint) -> str:
+def input_hash(tree_key: str, bp: Blueprint,
+               images: tuple[containers.Resolved, ...] = ()) -> str:
     """Everything the final tree depends on besides the package tree (see module doc): the
-    blueprint's customizations, the builder's code, and the device closure + units it ships."""
+    blueprint's customizations, the builder's code, the device closure + units it ships, and
+    the embedded container images by digest (``[[containers]]``, resolved when the compose
+    starts: a new image behind the same tag is a new input)."""
     code = hashlib.sha256()
     for src in sorted(Path(__file__).parent.rglob("*.py")):
         code.update(src.read_bytes())
     custom = dataclasses.asdict(bp.customizations)
     blob = json.dumps({"tree": tree_key, "name": bp.name, "custom": custom,
                        "code": code.hexdigest(), "closure": closure.compute().digest(),
-                       "units": closure.units_digest()}, sort_keys=True, default=str)
+                       "units": closure.units_digest(),
+                       "containers": [i.hash_input() for i in images]},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -148,7 +153,8 @@ def _customize(tree: Path, bp: Blueprint, profile: str) -> None:
     cust = bp.customizations
     accounts.apply(tree, bp)
     if podman_defaults.wants_podman([p.name for p in bp.packages]):
-        podman_defaults.install_podman_defaults(tree, [u.name for u in cust.users])
+        podman_defaults.install_podman_defaults(tree, [u.name for u in cust.users],
+                                                image_store=bool(bp.containers))
     files.apply_dirs(tree, cust.directories)
     files.apply_files(tree, cust.files)
     system.apply(tree, cust)
@@ -258,12 +264,16 @@ def compose(req: ComposeRequest, steps: Steps | None = None) -> ComposeResult:
     state = AptState(req.sources, root, arch)
     with steps.step("depsolve"):
         res = ds.depsolve(bp, state, req.profile)
+    images: tuple[containers.Resolved, ...] = ()
+    if bp.containers:
+        with steps.step(f"resolve containers ({len(bp.containers)})"):
+            images = containers.resolve(bp.containers)
     if repo is None:
         steps.note(f"creating archive repository {req.repo}")
         repo = Repo.init(req.repo, mode="archive")
         parent = _check_request(req, repo, ref)
     key = cache_mod.tree_key(bp.distro, bp.suite, arch, res)
-    inhash = input_hash(key, bp)
+    inhash = input_hash(key, bp, images)
     if parent and req.use_cache:
         reused = _reuse_commit(repo, parent, bp, inhash, ref)
         if reused:
@@ -283,6 +293,10 @@ def compose(req: ComposeRequest, steps: Steps | None = None) -> ComposeResult:
                 _install_edge_base(tree)
         with steps.step("customizations"):
             _customize(tree, bp, req.profile)
+        if images:
+            with steps.step(f"containers ({len(images)} images)"):
+                containers.embed(tree, images, work)
+                containers.install_user_links(tree, [u.name for u in bp.customizations.users])
         if blueprint_dracut(bp, tree):
             with steps.step("initramfs (dracut with the blueprint's configuration)"):
                 incremental.rebuild_initramfs(tree)

@@ -23,6 +23,7 @@ from atomicedge.compose.blueprint import (
     DISTROS,
     Blueprint,
     BlueprintError,
+    ContainerSpec,
     Customizations,
     DirSpec,
     FileSpec,
@@ -36,6 +37,7 @@ from atomicedge.compose.blueprint import (
     User,
     Zone,
 )
+from atomicedge.compose.containers import check_reference
 
 SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -51,14 +53,13 @@ UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]+$")
 MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
 
 TOP_KEYS = {"name", "description", "version", "distro", "packages", "modules", "groups",
-            "customizations"}
+            "containers", "customizations"}
 CUSTOM_KEYS = {"hostname", "kernel", "user", "group", "sshkey", "timezone", "locale", "firewall",
                "services", "files", "directories"}
 
 # keys that exist in Image Builder blueprints but are refused here, with the reason
 REFUSED_TOP = {
     "enabled_modules": "DNF module streams do not exist in Debian",
-    "containers": "embedding container images is not supported yet; pull them at first boot",
     "architecture": "cross-architecture builds are not supported; the host arch is used",
 }
 REFUSED_CUSTOM = {
@@ -207,6 +208,42 @@ def _packages(c: _Checker, raw: dict[str, Any], key: str) -> tuple[PackageSpec, 
             c.add(f"{path}.name", f"package {name!r} listed twice", "remove one entry")
         names.add((name, version))
         out.append(PackageSpec(name, version, lines.locate(c.positions, f"{path}.name")))
+    return tuple(out)
+
+
+def _containers(c: _Checker, raw: dict[str, Any],
+                packages: tuple[PackageSpec, ...]) -> tuple[ContainerSpec, ...]:
+    """``[[containers]]`` (osbuild's keys): fully qualified references, one entry per name."""
+    out: list[ContainerSpec] = []
+    names: set[str] = set()
+    for path, item in c.table_list(raw, "containers", "containers", "containers"):
+        c.unknown(item, {"source", "name", "tls-verify"}, path)
+        source = c.text(item, "source", path)
+        if source is None:
+            if "source" not in item:
+                c.add(path, "container has no source",
+                      'add source = "registry.example.com/app:v1"')
+            continue
+        name = c.text(item, "name", path)
+        tls = c.typed(item, "tls-verify", path, bool, "a boolean", True)
+        bad = [(f"{path}.source", check_reference(source))]
+        if name is not None:
+            bad.append((f"{path}.name", check_reference(name, allow_digest=False)))
+        for where, problem in bad:
+            if problem:
+                c.add(where, problem, "write REGISTRY[:PORT]/PATH[:TAG], e.g. "
+                      '"registry.example.com:5000/app:v1" (source may end in @sha256:...)')
+        if any(p for _, p in bad):
+            continue
+        stored = name or source
+        if stored in names:
+            c.add(f"{path}.{'name' if name else 'source'}", f"{stored!r} is stored twice",
+                  "give one of them another name")
+        names.add(stored)
+        out.append(ContainerSpec(source, name, bool(tls)))
+    if out and not any(p.name == "podman" for p in packages):
+        c.add("containers", "embedded images need podman on the device",
+              'add [[packages]] name = "podman"')
     return tuple(out)
 
 
@@ -508,13 +545,14 @@ def from_dict(raw: dict[str, Any], source: str = "<blueprint>",
         distro = "debian-12"
     packages = _packages(c, raw, "packages") + _packages(c, raw, "modules")
     groups = _packages(c, raw, "groups")
+    containers = _containers(c, raw, packages)
     custom = _customizations(c, raw)
     _cross_checks(c, custom)
     if c.problems:
         raise BlueprintError(source, c.problems)
     return Blueprint(name=name or "", description=c.text(raw, "description", "", "") or "",
                      version=version, distro=distro, packages=packages, groups=groups,
-                     customizations=custom, source=source)
+                     containers=containers, customizations=custom, source=source)
 
 
 def load(path: Path) -> Blueprint:

@@ -33,6 +33,16 @@ default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 runtime = "crun"
 cgroup_manager = "cgroupfs"
 """
+# embedded images (blueprint [[containers]]): osbuild's location, read-only on the device
+IMAGE_STORE = "/usr/share/containers/storage"
+# the drivers the device's podman uses (docs/workloads.md, measured in lab devices): root
+# overlay; rootless users vfs (overlay would use the store's root-owned layers as they are, and
+# the user's container root cannot write where real root owns the files). The embedded store
+# holds each image for both (ostree stores the identical files once).
+STORAGE_DRIVER = "overlay"
+ROOTLESS_STORAGE_DRIVER = "vfs"
+STORE_DRIVERS = tuple(dict.fromkeys((STORAGE_DRIVER, ROOTLESS_STORAGE_DRIVER)))
+ROOTLESS_STORAGE_CONF = "containers/storage-rootless.conf"
 SUBID_START = 100000
 SUBID_COUNT = 65536
 PACKAGES = ("podman", "crun", "uidmap", "slirp4netns", "dbus-user-session", "libpam-systemd")
@@ -71,19 +81,43 @@ def subid_text(existing: str, users: Sequence[str], path: str = "/etc/subuid") -
     return out
 
 
-def podman_files(users: Sequence[str], subuid: str = "", subgid: str = "") -> dict[str, str]:
-    """Paths relative to ``/etc`` -> new contents (containers.conf, subuid, subgid)."""
-    return {"containers/containers.conf": CONTAINERS_CONF,
-            "subuid": subid_text(subuid, users, "/etc/subuid"),
-            "subgid": subid_text(subgid, users, "/etc/subgid")}
+def storage_conf(driver: str = STORAGE_DRIVER, stores: Sequence[str] = (IMAGE_STORE,),
+                 rootless: bool = False) -> str:
+    """``storage.conf`` with the embedded image store: /etc/containers/storage.conf (root:
+    c/storage then wants runroot and graphroot spelled out, its defaults) and
+    /etc/containers/storage-rootless.conf (each rootless user's
+    ``~/.config/containers/storage.conf`` links there; no roots, so every user keeps
+    ``~/.local/share/containers/storage``). c/storage passes ``additionalimagestores`` to the
+    driver named here only, so the driver is explicit."""
+    quoted = ", ".join(f'"{s}"' for s in stores)
+    roots = "" if rootless else ('runroot = "/run/containers/storage"\n'
+                                 'graphroot = "/var/lib/containers/storage"\n')
+    return ("# atomicedge: images embedded at compose time (blueprint [[containers]]) are in a\n"
+            "# read-only additional image store; podman runs them without a registry\n"
+            f'[storage]\ndriver = "{driver}"\n{roots}\n[storage.options]\n'
+            f"additionalimagestores = [{quoted}]\n")
 
 
-def install_podman_defaults(tree: Path, users: Sequence[str]) -> None:
+def podman_files(users: Sequence[str], subuid: str = "", subgid: str = "",
+                 image_store: bool = False) -> dict[str, str]:
+    """Paths relative to ``/etc`` -> new contents (containers.conf, subuid, subgid, and
+    storage.conf when the image embeds images)."""
+    out = {"containers/containers.conf": CONTAINERS_CONF,
+           "subuid": subid_text(subuid, users, "/etc/subuid"),
+           "subgid": subid_text(subgid, users, "/etc/subgid")}
+    if image_store:
+        out["containers/storage.conf"] = storage_conf()
+        out[ROOTLESS_STORAGE_CONF] = storage_conf(ROOTLESS_STORAGE_DRIVER, rootless=True)
+    return out
+
+
+def install_podman_defaults(tree: Path, users: Sequence[str], image_store: bool = False) -> None:
     """Write :func:`podman_files` into ``tree``'s /etc (``usr/etc`` once it exists)."""
     etc = tree / "usr" / "etc" if (tree / "usr" / "etc").is_dir() else tree / "etc"
     current = {name: (etc / name).read_text() if (etc / name).is_file() else ""
                for name in ("subuid", "subgid")}
-    for rel, text in podman_files(users, current["subuid"], current["subgid"]).items():
+    for rel, text in podman_files(users, current["subuid"], current["subgid"],
+                                  image_store).items():
         path = etc / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, text, mode=0o644)
