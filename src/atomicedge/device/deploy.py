@@ -27,7 +27,6 @@ from atomicedge import runner
 from atomicedge.device import etcmerge, faults
 from atomicedge.device.decision import DEFAULT_MAX_BOOT_ATTEMPTS, GREENBOOT_CONF, max_boot_attempts
 from atomicedge.device.grubenv import GrubEnv
-from atomicedge.device.hardlink import checkout
 from atomicedge.device.origin import Origin
 from atomicedge.device.sysroot import PIN_GROUP, Deployment, Sysroot, find_kernel
 from atomicedge.errors import CorruptionError, NotFoundError, UsageError
@@ -180,6 +179,9 @@ def prepare(sysroot: Sysroot, osname: str, csum: str, origin: Origin,
     ddir = sysroot.deployment_dir(d)
     tmp = ddir.with_name(f".{d.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    # imported here: its worker pool (multiprocessing) is a fifth of the start-up of the
+    # health units, which import this module on every boot and never check out
+    from atomicedge.device.hardlink import checkout
     faults.step("checkout-start")
     checkout(repo, csum, tmp)
     faults.step("checkout-done")

@@ -14,15 +14,23 @@ from pathlib import Path
 from typing import Any
 
 from atomicedge.device import deploy as dp
-from atomicedge.device import fetch
 from atomicedge.device.grubenv import GrubEnv
 from atomicedge.device.origin import Origin
 from atomicedge.device.sysroot import Deployment, Sysroot, init_fs, os_init
 from atomicedge.errors import CorruptionError, NotFoundError, UsageError
 from atomicedge.ostree.objects import CHECKSUM_RE, ObjectType
+from atomicedge.ostree.repo import Repo
 from atomicedge.remote import config as remotes
 
 BOOTED_FLAG = Path("/run/ostree-booted")
+
+
+def _pull(repo: Repo, remote: str, ref: str, commit: str | None = None) -> str:
+    """:func:`atomicedge.device.fetch.pull`, imported when used: the HTTP stack (urllib3,
+    ssl, http.client) is half the start-up of ``device status`` and of every health unit,
+    which run on each boot and never pull."""
+    from atomicedge.device import fetch
+    return fetch.pull(repo, remote, ref, commit=commit)
 
 
 def default_sysroot() -> Path:
@@ -72,7 +80,7 @@ def install(path: Path, osname: str, url: str, ref: str, remote: str = "origin",
     if existing is None:
         remotes.add(repo, remote, url if "://" in url else f"file://{Path(url).resolve()}",
                     gpg_verify=False)
-    csum = fetch.pull(repo, remote, ref)
+    csum = _pull(repo, remote, ref)
     d = dp.deploy(sysroot, osname, csum, Origin.new(f"{remote}:{ref}"),
                   kargs if kargs is not None else ["rw"])
     env = GrubEnv(sysroot.grubenv_path)
@@ -199,7 +207,7 @@ def check_update(sysroot: Sysroot, osname: str) -> tuple[Deployment, Origin, str
     remote = origin.remote
     if remote is None:
         return base, origin, sysroot.repo.resolve_rev(origin.ref)
-    return base, origin, fetch.pull(sysroot.repo, remote, origin.ref)
+    return base, origin, _pull(sysroot.repo, remote, origin.ref)
 
 
 def apply_commit(sysroot: Sysroot, osname: str, csum: str, origin: Origin) -> UpgradeResult:
@@ -238,7 +246,7 @@ def deploy_rev(sysroot: Sysroot, osname: str, rev: str) -> UpgradeResult:
     csum = repo.resolve_rev(rev, allow_missing=True) if not CHECKSUM_RE.match(rev) else rev
     if not csum or not repo.has_object(csum, ObjectType.COMMIT):
         if origin.remote and CHECKSUM_RE.match(rev):
-            csum = fetch.pull(repo, origin.remote, origin.ref, commit=rev)
+            csum = _pull(repo, origin.remote, origin.ref, commit=rev)
         else:
             raise NotFoundError(f"no such commit or ref: {rev!r}",
                                 "give a full commit checksum or a ref known to the sysroot")
@@ -254,7 +262,7 @@ def rebase(sysroot: Sysroot, osname: str, refspec: str) -> UpgradeResult:
         remote = origin.remote or ""
     if remote:
         remotes.get(sysroot.repo, remote)  # a missing remote is a clear error
-        csum = fetch.pull(sysroot.repo, remote, ref)
+        csum = _pull(sysroot.repo, remote, ref)
         new_spec = f"{remote}:{ref}"
     else:
         csum = sysroot.repo.resolve_rev(ref)
