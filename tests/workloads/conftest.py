@@ -4,7 +4,10 @@ primary, edge2 backup, one VIP), both booted on one lab network and shared by ev
 
 Nothing is faked: real nspawn boots of the composed image, keepalived's VRRP between the
 devices' network namespaces, rootless podman under core's user manager, systemd's socket
-activation. Tests that change the lab (crash a device, change the advert interval) put it back.
+activation, a real docker-registry (on the build host's loopback for the compose, which embeds
+app v1; on the lab network for the tests that want it: ``apps.start_registry()``, stopped
+again by the test). Tests that change the lab (crash a device, change the advert interval, move
+the app to another image) put it back.
 """
 
 from __future__ import annotations
@@ -17,25 +20,23 @@ from pathlib import Path
 
 import pytest
 
-from atomicedge.compose.apt import Sources
-from atomicedge.compose.build import ComposeRequest, compose
-from atomicedge.compose.validate import load
 from atomicedge.lab import demo_apps
 from atomicedge.lab.devices import Lab
 from tests.lab.helpers import remove_sysroot
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
-REF = "debian/12/x86_64/apps"
+REF = demo_apps.REF
 _LOCK = Path(tempfile.gettempdir()) / "atomicedge-test-images.lock"
 
 
-def compose_apps(repo: Path) -> str:
-    """Compose the apps gateway (a lock keeps concurrent sessions off the same cache entry)."""
+def compose_apps(repo: Path, storage: Path | None = None) -> str:
+    """Compose the apps gateway (a lock keeps concurrent sessions off the same cache entry)
+    with app v1 from a registry whose storage (``storage``, default beside ``repo``) then
+    holds v1, v2, v3 (broken) and prod (= v1)."""
     with open(_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            res = compose(ComposeRequest(blueprint=load(EXAMPLES / "gateway-apps.toml"),
-                                         repo=repo, sources=Sources.host(), ref=REF))
+            res = demo_apps.compose_apps(repo, storage or repo.parent / "registry", EXAMPLES)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
             os.utime(_LOCK)
@@ -45,10 +46,11 @@ def compose_apps(repo: Path) -> str:
 @pytest.fixture(scope="session")
 def apps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[demo_apps.AppLab]:
     work = tmp_path_factory.mktemp("apps")
-    compose_apps(work / "repo")
+    compose_apps(work / "repo", work / "registry")
     lab = Lab.open(work / "lab")
     try:
-        app_lab = demo_apps.build(lab, work, work / "repo", REF)
+        app_lab = demo_apps.build(lab, work, work / "repo", REF,
+                                  registry_storage=work / "registry")
         yield app_lab
     finally:
         demo_apps.cleanup(lab)

@@ -68,7 +68,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                     console))
     if "apps" in acts:
         results["apps"] = _act(
-            "Act 5 — the applications: scale from zero, failover, restart", work / "apps",
+            "Act 5 — the applications: scale from zero, failover, restart, auto-update",
+            work / "apps",
             lambda: demo_apps.run(work / "apps", console))
     console.print(Rule(f"demo finished in {time.monotonic() - t0:.1f} s"))
     return 0

@@ -7,6 +7,14 @@ VIP on the primary; the app's socket (rootless, user ``core``) listens on VIP:80
 the container on the first request. A crash is the primary's nspawn and systemd SIGKILLed at
 once (``virsh destroy``), then its network namespace removed (the machine and its NIC are gone:
 machine-notes 5 — a dead master keeps the VIP on its interface).
+
+The app's image comes from a registry (:mod:`atomicedge.lab.registry`): v1, v2 and a v3 that
+fails to start are built from busybox-static and pushed to a registry on the build host's
+loopback; the compose embeds v1 (``[[containers]]`` of the example, pointed at that registry's
+port) under the name the device's unit uses, ``registry.edge.internal/app:prod``. The same
+storage is then served on the lab network (``<lab host>:5000``) and each device's provisioning
+maps ``registry.edge.internal`` there (``[registry]``, insecure: plain HTTP). Moving the tag
+``prod`` and starting core's ``podman-auto-update.service`` updates the app.
 """
 
 from __future__ import annotations
@@ -15,12 +23,13 @@ import contextlib
 import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +37,7 @@ from typing import Any
 from atomicedge.errors import ToolError
 from atomicedge.lab import labnet
 from atomicedge.lab.devices import Lab
+from atomicedge.lab.registry import Registry
 
 VRID = 51
 PORT = 8080
@@ -36,16 +46,73 @@ ATOMICEDGE = str(Path(sys.executable).with_name("atomicedge"))
 
 NSPAWN_SETTINGS = Path("/run/systemd/nspawn")
 NAMES = ("edge1", "edge2")
+REF = "debian/12/x86_64/apps"
+# the registry: where the lab serves it, what the image's unit calls it, what the example's
+# [[containers]] pulls from at compose time (its port is replaced by the build registry's)
+REGISTRY_PORT = 5000
+REGISTRY_PREFIX = "registry.edge.internal"
+APP_IMAGE = f"{REGISTRY_PREFIX}/app:prod"
+BUILD_SOURCE = "127.0.0.1:5000/"
+APP_LISTEN = "127.0.0.1:8081"       # where the container's httpd listens (the proxy's upstream)
+VERSIONS = ("v1", "v2", "v3")       # v3 fails to start (its command does not exist)
 
 
 def provision_text(role: str, hostname: str, vip: str, advert: float = 1.0,
-                   peers: tuple[str, ...] = ()) -> str:
+                   peers: tuple[str, ...] = (), registry: str | None = None) -> str:
     """Unicast adverts to the peers: multicast VRRP does not get through the lab bridge
-    (the frames reach the other device's eth0 but never its socket; see docs/workloads.md)."""
+    (the frames reach the other device's eth0 but never its socket; see docs/workloads.md).
+    ``registry``: the site registry's HOST:PORT, the location of ``registry.edge.internal``."""
     unicast = f"unicast_peers = [{', '.join(repr(p) for p in peers)}]\n".replace("'", '"')
+    site = (f'\n[registry]\nlocation = "{registry}"\nprefix = "{REGISTRY_PREFIX}"\n'
+            "insecure = true\n") if registry else ""
     return (f'hostname = "{hostname}"\n\n[vrrp]\nrole = "{role}"\nvip = "{vip}"\n'
             f"virtual_router_id = {VRID}\nadvert_interval = {advert:g}\n"
-            + (unicast if peers else "") + f"\n[app]\nport = {PORT}\n")
+            + (unicast if peers else "") + f"\n[app]\nport = {PORT}\n" + site)
+
+
+# -- the app's images ------------------------------------------------------------------------
+
+def app_cmd(version: str) -> list[str]:
+    """The app: writes its answer, then busybox httpd behind a shell that exits 0 on SIGTERM
+    (httpd as PID 1 would ignore it); ``pkill -9 httpd`` makes the shell exit 137."""
+    return ["/bin/sh", "-c", f'echo "hello from app {version} on $(hostname)" > /www/index.html'
+            f'; trap "exit 0" TERM; httpd -f -p {APP_LISTEN} -h /www & wait $!']
+
+
+def push_app(reg: Registry, version: str) -> str:
+    """``app:<version>`` into ``reg``; v3 is broken: its command does not exist in the image,
+    so the container fails to start. Returns the digest."""
+    cmd = ["/bin/app-server"] if version == "v3" else app_cmd(version)
+    return reg.push_busybox_image(f"app:{version}", files={"www/index.html": ""}, cmd=cmd,
+                                  labels={"org.opencontainers.image.version": version})
+
+
+def seed_registry(reg: Registry) -> dict[str, str]:
+    """v1, v2, v3 pushed, ``prod`` on v1; returns tag -> digest."""
+    digests = {v: push_app(reg, v) for v in VERSIONS}
+    digests["prod"] = reg.retag("app:v1", "app:prod")
+    return digests
+
+
+def apps_blueprint(examples: Path, build_registry: str) -> Any:
+    """examples/gateway-apps.toml with its [[containers]] source on ``build_registry``."""
+    from atomicedge.compose.validate import parse_text
+    path = examples / "gateway-apps.toml"
+    text = path.read_text().replace(f'"{BUILD_SOURCE}', f'"{build_registry}/')
+    return parse_text(text, str(path))
+
+
+def compose_apps(repo: Path, storage: Path, examples: Path | None = None,
+                 ref: str = REF) -> Any:
+    """Registry on the build host's loopback with the app's images (``storage``), the example
+    composed against it, the registry stopped again; returns the ComposeResult."""
+    from atomicedge.compose.apt import Sources
+    from atomicedge.compose.build import ComposeRequest, compose
+    examples = examples or Path(__file__).resolve().parents[3] / "examples"
+    with Registry.start(storage, "127.0.0.1") as reg:
+        seed_registry(reg)
+        return compose(ComposeRequest(apps_blueprint(examples, reg.host), repo,
+                                      Sources.host(), ref=ref))
 
 
 def cleanup(lab: Lab, names: tuple[str, ...] = NAMES) -> None:
@@ -90,6 +157,7 @@ class AppLab:
     ips: dict[str, str]
     vip: str                               # with prefix, e.g. 10.213.0.100/24
     roles: dict[str, str] = field(default_factory=dict)
+    registry_storage: Path | None = None   # the app's images (see :meth:`start_registry`)
 
     @property
     def vip_ip(self) -> str:
@@ -201,8 +269,80 @@ class AppLab:
 
     def app_ready(self, name: str) -> bool:
         """core's user manager is up and the app's socket listens."""
-        return self.user_systemctl(name, "is-active", "app-proxy.socket",
-                                   "app-image.service").stdout.split() == ["active", "active"]
+        return self.user_systemctl(name, "is-active", "app-proxy.socket").stdout.strip() \
+            == "active"
+
+    def podman(self, name: str, *args: str, timeout: float = 120) -> \
+            subprocess.CompletedProcess[str]:
+        """``podman ARGS`` as core on device ``name``."""
+        return self.lab.run(name, ["runuser", "-u", "core", "--", "env",
+                                   "XDG_RUNTIME_DIR=/run/user/1000", "podman", *args],
+                            timeout=timeout)
+
+    # -- the registry and auto-update --------------------------------------------------------
+
+    @property
+    def registry_host(self) -> str:
+        return f"{self.lab.net.host_ip}:{REGISTRY_PORT}"
+
+    def start_registry(self) -> Registry:
+        """The app's registry on the lab network (``<lab host>:5000``), stopped by the caller
+        (a context manager)."""
+        if self.registry_storage is None:
+            raise ToolError("this app lab has no registry storage", "build it with one")
+        labnet.create(self.lab.net)
+        return Registry.start(self.registry_storage, self.lab.net.host_ip, REGISTRY_PORT,
+                              netns=self.lab.net.netns)
+
+    def auto_update(self, name: str) -> str:
+        """Start core's ``podman-auto-update.service`` (what its timer does) and wait for it;
+        returns what ``podman auto-update`` printed on this run."""
+        def log() -> str:
+            # as root: --user-unit= would also match _UID=0
+            return self.lab.run(name, ["journalctl",
+                                       "_SYSTEMD_USER_UNIT=podman-auto-update.service", "-o",
+                                       "cat", "--no-pager"], timeout=60).stdout
+        before = log()
+        self.lab.run(name, ["runuser", "-u", "core", "--", "env",
+                            "XDG_RUNTIME_DIR=/run/user/1000", "systemctl", "--user", "start",
+                            "podman-auto-update.service"], timeout=600)
+        def new() -> str:
+            after = log()
+            return after[len(before):] if after.startswith(before) else after
+        # journald takes the service's output asynchronously: wait for podman's report row
+        deadline = time.monotonic() + 60
+        out = new()
+        while not any(ln.split()[:1] == ["httpd.service"] for ln in out.splitlines()) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+            out = new()
+        return out
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[socket.socket]:
+        """An open TCP connection to the VIP's app port: while it is open the proxy (and so
+        the container) stays up, whatever the idle timeout."""
+        sock = self.lab.in_host(lambda: socket.create_connection((self.vip_ip, PORT), 30))
+        try:
+            yield sock
+        finally:
+            sock.close()
+
+    def forget_pulled_images(self, name: str) -> None:
+        """Back to what the image ships: the app and its proxy stopped (the socket still
+        listens: the next request starts both), every image core pulled removed (the embedded
+        ones in the read-only store stay)."""
+        self.user_systemctl(name, "stop", "app-proxy.service", "httpd.service")
+        pulled = [ln.split()[0] for ln in self.podman(
+            name, "images", "--format", "{{.ID}} {{.ReadOnly}}").stdout.splitlines()
+            if ln.split()[1:] == ["false"]]
+        if pulled:
+            self.podman(name, "rmi", "--force", *sorted(set(pulled)))
+
+    def running_image(self, name: str) -> str:
+        """The image ID of core's running app container ('' when none runs)."""
+        return self.podman(name, "ps", "--no-trunc", "--filter", "name=systemd-httpd",
+                           "--format", "{{.ImageID}}").stdout.strip()
 
 
 def install(work: Path, repo: Path, ref: str, name: str, provision: str) -> Path:
@@ -220,16 +360,19 @@ def install(work: Path, repo: Path, ref: str, name: str, provision: str) -> Path
 
 
 def build(lab: Lab, work: Path, repo: Path, ref: str, advert: float = 1.0,
-          names: tuple[str, str] = NAMES) -> AppLab:
-    """Install the two devices (primary, backup) from ``repo`` and boot them."""
+          names: tuple[str, str] = NAMES, registry_storage: Path | None = None) -> AppLab:
+    """Install the two devices (primary, backup) from ``repo`` and boot them; their site
+    registry is the lab's (``<lab host>:5000``, served from ``registry_storage`` by
+    :meth:`AppLab.start_registry` when wanted)."""
     net = lab.net.subnet
     vip = f"{net.network_address + 100}/{net.prefixlen}"
     ips = {names[0]: str(net.network_address + 10), names[1]: str(net.network_address + 11)}
     roles = {names[0]: "primary", names[1]: "backup"}
+    site = f"{lab.net.host_ip}:{REGISTRY_PORT}"
     sysroots = {n: install(work, repo, ref, n, provision_text(
-        roles[n], n, vip, advert, tuple(ip for m, ip in ips.items() if m != n)))
+        roles[n], n, vip, advert, tuple(ip for m, ip in ips.items() if m != n), site))
                 for n in names}
-    apps = AppLab(lab, sysroots, ips, vip, roles)
+    apps = AppLab(lab, sysroots, ips, vip, roles, registry_storage)
     for n in names:
         apps.up(n, wait=False)
     for n in names:
@@ -251,28 +394,41 @@ def _curl(apps: AppLab, console: Any) -> str:
     return body
 
 
+def _auto_update(apps: AppLab, name: str, console: Any) -> str:
+    """Tag v2 as prod in the lab's registry, start core's podman-auto-update.service on
+    ``name`` (what its timer does); curl shows v2's answer."""
+    assert apps.registry_storage is not None
+    with apps.start_registry() as reg:
+        console.print(f"  registry {reg.host} (lab network): "
+                      f"skopeo copy app:v2 -> app:prod ({reg.retag('app:v2', 'app:prod')[:19]})")
+        console.print(f"  systemctl --user start podman-auto-update.service on {name}")
+        for line in apps.auto_update(name).splitlines():
+            if line.split()[:1] in (["UNIT"], ["httpd.service"]):
+                console.print(f"    {line.strip()}")
+        return _curl(apps, console)
+
+
 def run(workdir: Path, console: Any, examples: Path | None = None) -> dict[str, Any]:
     """Compose gateway-apps, install it on two devices with different provisioning, then the
-    seed's application acts: scale from zero, failover, restart after ``pkill -9 httpd``."""
-    from atomicedge.compose.apt import Sources
-    from atomicedge.compose.build import ComposeRequest, compose
-    from atomicedge.compose.validate import load
-    examples = examples or Path(__file__).resolve().parents[3] / "examples"
-    ref = "debian/12/x86_64/apps"
-    console.print("[bold]compose gateway-apps[/bold] (podman, keepalived, the rootless app)")
-    res = compose(ComposeRequest(load(examples / "gateway-apps.toml"), workdir / "repo",
-                                 Sources.host(), ref=ref))
+    seed's application acts: scale from zero, failover, restart after ``pkill -9 httpd``,
+    auto-update from the registry."""
+    console.print("[bold]build the app's images[/bold] v1, v2, v3 from busybox-static, push "
+                  "them to a registry on the build host; [bold]compose gateway-apps[/bold] "
+                  "(podman, keepalived, the rootless app, v1 embedded by [[containers]])")
+    storage = workdir / "registry"
+    res = compose_apps(workdir / "repo", storage, examples)
     console.print(f"  commit {res.commit[:16]}")
     lab = Lab.open(workdir / "lab")
     out: dict[str, Any] = {}
     try:
         console.print("[bold]install twice[/bold]: edge1 primary, edge2 backup "
                       "(device install --provision), boot both on the lab network")
-        apps = build(lab, workdir, workdir / "repo", ref)
+        apps = build(lab, workdir, workdir / "repo", REF, registry_storage=storage)
         apps.wait_holder("edge1", timeout=180)
         for name in apps.sysroots:
             poll(f"the app socket on {name}", functools.partial(apps.app_ready, name), 180, 0.5)
-        console.print(f"  VIP {apps.vip} on edge1; no container runs yet:")
+        console.print(f"  VIP {apps.vip} on edge1; no container runs yet (and the registry "
+                      "is not running: v1 is in the image):")
         _ps(apps, console)
         out["first"] = _curl(apps, console)
         _ps(apps, console)
@@ -293,7 +449,10 @@ def run(workdir: Path, console: Any, examples: Path | None = None) -> dict[str, 
         console.print("[bold]the primary comes back[/bold] and takes the VIP back")
         apps.up("edge1")
         apps.wait_holder("edge1")
+        poll("the app socket on edge1", lambda: apps.app_ready("edge1"), 180, 0.5)
         console.print("  edge1 holds the VIP again")
+        console.print("[bold]auto-update[/bold]: v2 tagged prod in the registry")
+        out["updated"] = _auto_update(apps, "edge1", console)
     finally:
         cleanup(lab)
     return out

@@ -20,6 +20,11 @@
     port = 8080
     user = "core"
 
+    [registry]                    # this site's container registry (registries.conf.d)
+    location = "10.213.0.1:5000"  # host[:port] the images are pulled from
+    prefix = "registry.edge.internal"   # optional: the name the image's units use for it
+    insecure = true               # plain HTTP / unverified TLS (default false)
+
 :func:`parse` is pure (text in, :class:`Provision` out; errors name ``file:line`` and the
 key); :func:`etc_files` renders the files (paths relative to ``/etc``); :func:`apply` writes
 them atomically under a deployment's ``etc``.
@@ -41,10 +46,15 @@ _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _UNIT = re.compile(r"^[A-Za-z0-9:_.@-]+\.socket$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-KEYS = {"": {"hostname", "vrrp", "app"},
+KEYS = {"": {"hostname", "vrrp", "app", "registry"},
         "vrrp": {"role", "vip", "interface", "virtual_router_id", "priority",
                  "advert_interval", "unicast_peers"},
-        "app": {"socket", "port", "user"}}
+        "app": {"socket", "port", "user"},
+        "registry": {"location", "prefix", "insecure"}}
+_LOCATION = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$")
+_PREFIX = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?"
+                     r"(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+REGISTRIES_D = "containers/registries.conf.d/50-atomicedge-site.conf"
 
 
 @dataclass(frozen=True)
@@ -71,12 +81,23 @@ class App:
 
 
 @dataclass(frozen=True)
+class Registry:
+    """The site's registry: ``prefix`` (the name images are known by) is pulled from
+    ``location``; ``insecure`` allows plain HTTP."""
+
+    location: str
+    prefix: str
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
 class Provision:
     source: str
     text: str
     hostname: str | None = None
     vrrp: Vrrp | None = None
     app: App | None = None
+    registry: Registry | None = None
 
 
 class _Where:
@@ -187,6 +208,27 @@ def _app(w: _Where, tbl: Any) -> App:
     return App(sock, port, user)
 
 
+def _registry(w: _Where, tbl: Any) -> Registry:
+    if not isinstance(tbl, dict):
+        raise w.error("", "registry", "must be a table", "write [registry] with location")
+    _unknown(w, tbl, "registry")
+    loc = _get(w, tbl, "registry", "location", str, 'location = "10.213.0.1:5000"')
+    if not loc or not _LOCATION.match(loc) or int(loc.rpartition(":")[2] if ":" in loc
+                                                   else 1) > 65535:
+        raise w.error("registry", "location" if loc else None,
+                      f"{loc!r} is not HOST[:PORT]" if loc else "location is missing",
+                      'e.g. location = "10.213.0.1:5000"')
+    prefix = _get(w, tbl, "registry", "prefix", str, 'prefix = "registry.edge.internal"', loc)
+    if not _PREFIX.match(prefix):
+        raise w.error("registry", "prefix", f"{prefix!r} is not HOST[:PORT][/PATH]",
+                      'the registry part of the image names, e.g. "registry.edge.internal"')
+    insecure = tbl.get("insecure", False)
+    if not isinstance(insecure, bool):
+        raise w.error("registry", "insecure", f"{insecure!r} is not true or false",
+                      "insecure = true for a plain HTTP registry")
+    return Registry(loc, prefix, insecure)
+
+
 def parse(text: str, source: str = "provision.toml") -> Provision:
     """Validate a provisioning file; :class:`UsageError` names ``source:line`` and the key."""
     w = _Where(source, text)
@@ -205,10 +247,11 @@ def parse(text: str, source: str = "provision.toml") -> Provision:
                       "lower-case letters, digits and '-', e.g. edge1")
     vrrp = _vrrp(w, data["vrrp"]) if "vrrp" in data else None
     app = _app(w, data["app"]) if "app" in data else None
+    registry = _registry(w, data["registry"]) if "registry" in data else None
     if app is not None and vrrp is None:
         raise w.error("app", None, "the app listens on the VIP, but there is no [vrrp]",
                       "add [vrrp] with vip, or remove [app]")
-    return Provision(source, text, hostname, vrrp, app)
+    return Provision(source, text, hostname, vrrp, app, registry)
 
 
 def keepalived_conf(p: Provision) -> str:
@@ -230,6 +273,13 @@ def keepalived_conf(p: Provision) -> str:
     return "\n".join(lines) + "\n"
 
 
+def registries_conf(r: Registry) -> str:
+    """A registries.conf (v2) drop-in: pulls of ``prefix/...`` go to ``location``."""
+    return ("# written by atomicedge device install --provision: this site's registry\n"
+            f'[[registry]]\nprefix = "{r.prefix}"\nlocation = "{r.location}"\n'
+            f"insecure = {'true' if r.insecure else 'false'}\n")
+
+
 def etc_files(p: Provision) -> dict[str, str]:
     """Paths relative to ``/etc`` -> contents."""
     out = {"atomicedge/provision.toml": p.text}
@@ -241,6 +291,8 @@ def etc_files(p: Provision) -> dict[str, str]:
         out[f"systemd/user/{p.app.socket}.d/10-listen.conf"] = (
             "# written by atomicedge device install --provision: the VIP's port\n"
             f"[Socket]\nListenStream={p.vrrp.vip.ip}:{p.app.port}\nFreeBind=true\n")
+    if p.registry:
+        out[REGISTRIES_D] = registries_conf(p.registry)
     return out
 
 
