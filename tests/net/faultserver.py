@@ -76,6 +76,7 @@ class FaultServer(socketserver.ThreadingTCPServer):
         self.count = 0
         self.lock = threading.Lock()
         self.injected: list[tuple[int, str, str]] = []
+        self.sent: list[str] = []  # paths answered in full with 200, in order
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         self.thread = threading.Thread(target=self.serve_forever, args=(0.02,), daemon=True)
 
@@ -87,6 +88,15 @@ class FaultServer(socketserver.ThreadingTCPServer):
         self.resume.set()
         self.shutdown()
         self.server_close()
+
+    def pause(self, after: int) -> None:
+        """Re-arm the pause: once ``after`` more ``.filez`` requests were answered, hold
+        every further request until :attr:`resume` is set."""
+        with self.lock:
+            self.filez_answered = 0
+            self.pause_after = after
+            self.paused.clear()
+            self.resume.clear()
 
     def wait_hangups(self, n: int) -> bool:
         """True once the client has hung up on ``n`` stalled connections (the server
@@ -130,6 +140,8 @@ class FaultServer(socketserver.ThreadingTCPServer):
         closing = bool(self.close_every) and (index + 1) % self.close_every == 0
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n"
                      % (len(body), b"Connection: close\r\n" if closing else b"") + body)
+        with self.lock:
+            self.sent.append(path)
         return not closing
 
 

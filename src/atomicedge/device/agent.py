@@ -145,7 +145,7 @@ def tick(sysroot: Sysroot, cfg: AgentConfig, now: dt.datetime,
     deps = sysroot.deployments()
     booted = sysroot.booted(deps) or (deps[0] if deps else None)
     _base, origin, avail = ops.check_update(sysroot, osname)
-    staged = dp.read_staged(sysroot)
+    staged = dp.pending_staged(sysroot, deps)
     env = GrubEnv(sysroot.grubenv_path).read()
     facts = AgentFacts(cfg.policy, booted.csum if booted else "", avail,
                        staged.csum if staged else None,
@@ -183,7 +183,7 @@ def apply_tick(sysroot: Sysroot, cfg: AgentConfig, now: dt.datetime, reboot: boo
     so. ``log`` gets the decision first (the reboot stops this very service)."""
     env = GrubEnv(sysroot.grubenv_path).read()
     confirmed = env.get("boot_success", "1") == "1" and "boot_counter" not in env
-    go, reason = decide_apply(cfg, dp.read_staged(sysroot) is not None, confirmed, now)
+    go, reason = decide_apply(cfg, dp.pending_staged(sysroot) is not None, confirmed, now)
     if log is not None:
         log(f"apply: {reason}")
     if go and reboot and sysroot.booted() is not None:

@@ -74,6 +74,20 @@ def read_staged(sysroot: Sysroot) -> StagedState | None:
                               "discard it with: atomicedge device cleanup -p") from None
 
 
+def pending_staged(sysroot: Sysroot, deps: list[Deployment] | None = None) -> StagedState | None:
+    """The staged deployment still waiting for its finalize.  None when nothing is staged, and
+    when the staged deployment is in the deployment list already: a power cut after finalize's
+    boot swap, before it cleared the state - that update is deployed (booted, or the rollback
+    after a fallback), not staged; the next finalize only clears the state."""
+    state = read_staged(sysroot)
+    if state is None:
+        return None
+    d = state.deployment()
+    if any(x.same(d) for x in (deps if deps is not None else sysroot.deployments())):
+        return None
+    return state
+
+
 # -- building one deployment ----------------------------------------------------------------
 
 def _next_serial(sysroot: Sysroot, osname: str, csum: str) -> int:
@@ -284,9 +298,13 @@ def finalize(sysroot: Sysroot) -> Deployment | None:
             return None
         deps = sysroot.deployments()
         d = state.deployment()
-        if deps and deps[0].same(d):  # swapped already, crashed before clearing the state
+        done = next((x for x in deps if x.same(d)), None)
+        if done is not None:
+            # swapped already, the power cut before the state was cleared (and maybe rolled
+            # back since: finalizing it again would undo that)
+            _rearm_if_unseen(sysroot, deps, done)
             _clear_staged(sysroot)
-            return deps[0]
+            return done
         if not sysroot.deployment_dir(d).is_dir():
             _clear_staged(sysroot)
             raise CorruptionError(f"staged deployment {d.name} is missing; discarded it",
@@ -298,6 +316,16 @@ def finalize(sysroot: Sysroot) -> Deployment | None:
         sysroot.write_deployments(new_list(sysroot, d, deps, merge))
         _clear_staged(sysroot)
         return d
+
+
+def _rearm_if_unseen(sysroot: Sysroot, deps: list[Deployment], done: Deployment) -> None:
+    """The update is the default but this boot is another deployment: the power was cut after
+    the swap before it reached the disk's home blocks, GRUB (which replays no journal) booted
+    the old menu, and this boot's health check confirmed *that* boot.  Arm the counter again
+    so the update's first boot is still a counted trial."""
+    booted = sysroot.booted(deps)
+    if deps[0].same(done) and booted is not None and not booted.same(done):
+        arm_boot_counter(sysroot, done)
 
 
 def _clear_staged(sysroot: Sysroot) -> None:

@@ -112,7 +112,7 @@ def deployment_json(sysroot: Sysroot, d: Deployment, booted: Deployment | None) 
 def status(sysroot: Sysroot) -> dict[str, Any]:
     deps = sysroot.deployments()
     booted = sysroot.booted(deps)
-    staged = dp.read_staged(sysroot)
+    staged = dp.pending_staged(sysroot, deps)
     listed = ([staged.deployment()] if staged else []) + deps
     try:
         env: dict[str, str] | str = GrubEnv(sysroot.grubenv_path).read()
@@ -224,8 +224,8 @@ def apply_commit(sysroot: Sysroot, osname: str, csum: str, origin: Origin) -> Up
 def upgrade(sysroot: Sysroot, osname: str, *, check: bool = False,
             download_only: bool = False) -> UpgradeResult:
     base, origin, csum = check_update(sysroot, osname)
-    staged = dp.read_staged(sysroot)
     deps = sysroot.deployments()
+    staged = dp.pending_staged(sysroot, deps)
     current = {base.csum}
     if staged:
         current.add(staged.csum)

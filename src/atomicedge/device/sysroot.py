@@ -234,6 +234,8 @@ class Sysroot:
         self._write_pin_refs(new_bv, deps)
         faults.step("pin-refs")
         syncfs(self.path)
+        if grubcfg.enabled(self.boot):  # GRUB replays no journal: the new menu, entries and
+            grubcfg.checkpoint(self.boot)  # kernels home before the swap (ostree freezes too)
         faults.step("before-swap")
         if not (self.boot / "boot").is_symlink():
             os.symlink(".", self.boot / "boot")
