@@ -18,10 +18,16 @@ break or lose data:
    var/roothome, ...), /media into /run; ``sysroot/`` and ``ostree -> sysroot/ostree`` added.
 6. ``api_dirs``: /dev, /proc, /sys, /run, /tmp emptied (device nodes cannot be committed).
 7. ``etc``: /etc moves to /usr/etc (last, after all customizations wrote to /etc).
+8. ``pycache``: the packages' timestamp-checked ``.pyc`` files become unchecked-hash ones. A
+   deployment's files all have mtime 0 (OSTree stores none) and /usr is read-only, so every
+   timestamp check would fail on the device and python3 would compile each module it imports
+   again, on every start (firewalld, the agent, the health checks: seconds each under TCG).
+   Only caches that match their source (mtime and size, as python checks) are converted.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import stat
@@ -192,6 +198,60 @@ def etc(tree: Path) -> None:
     shutil.move(tree / "etc", tree / "usr/etc")
 
 
+PYC_TIMESTAMP = 0          # flags word of a pyc: 0 = timestamp-checked (PEP 552)
+PYC_UNCHECKED_HASH = 1     # hash-based, source never checked
+
+
+def _pycs(tree: Path) -> list[Path]:
+    """Every regular ``__pycache__/*.pyc`` under /usr (symlinks never followed: an absolute
+    link in the image would point into the build host)."""
+    out = []
+    for dirpath, _dirs, files in os.walk(tree / "usr"):
+        if os.path.basename(dirpath) == "__pycache__":
+            out += [Path(dirpath, f) for f in files if f.endswith(".pyc")]
+    return sorted(out)
+
+
+def _unchecked(data: bytes, source: bytes) -> bytes | None:
+    """The unchecked-hash form of timestamp pyc ``data`` when it matches ``source``."""
+    if len(data) < 16 or int.from_bytes(data[4:8], "little") != PYC_TIMESTAMP:
+        return None
+    if int.from_bytes(data[12:16], "little") != len(source) & 0xFFFFFFFF:
+        return None
+    # the hash is never checked in this mode; it is the real one when the image's python is
+    # the builder's version (the same magic number), else the old mtime+size stand in for it
+    digest = importlib.util.source_hash(source) if data[:4] == importlib.util.MAGIC_NUMBER \
+        else data[8:16]
+    return data[:4] + PYC_UNCHECKED_HASH.to_bytes(4, "little") + digest + data[16:]
+
+
+def pycache(tree: Path) -> int:
+    """Step 8. Returns the number of ``.pyc`` files converted (each written as a new file:
+    the tree may share inodes with the package cache)."""
+    converted = 0
+    for pyc in _pycs(tree):
+        src = pyc.parent.parent / (pyc.name.split(".", 1)[0] + ".py")
+        try:
+            st, pst = src.lstat(), pyc.lstat()
+            if not (stat.S_ISREG(st.st_mode) and stat.S_ISREG(pst.st_mode)):
+                continue
+            data = pyc.read_bytes()
+        except OSError:
+            continue
+        if len(data) < 16 or int.from_bytes(data[8:12], "little") != \
+                int(st.st_mtime) & 0xFFFFFFFF:
+            continue       # stale already (or hash-based): python decides as before
+        new = _unchecked(data, src.read_bytes())
+        if new is None:
+            continue
+        tmp = pyc.with_name(pyc.name + ".tmp")
+        tmp.write_bytes(new)
+        os.chmod(tmp, stat.S_IMODE(pst.st_mode))
+        os.replace(tmp, pyc)
+        converted += 1
+    return converted
+
+
 def prepare(tree: Path) -> dict[str, object]:
     """Run all steps in order; return facts for the commit metadata and the progress log."""
     kver = kernel(tree)
@@ -201,4 +261,5 @@ def prepare(tree: Path) -> dict[str, object]:
     links(tree)
     api_dirs(tree)
     etc(tree)
-    return {"kernel": kver, "var_files_dropped": dropped}
+    pycs = pycache(tree)
+    return {"kernel": kver, "var_files_dropped": dropped, "pyc_unchecked": pycs}
