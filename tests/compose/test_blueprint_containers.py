@@ -155,5 +155,6 @@ def _run_from_store(tmp_path: Path, store: Path, driver: str, digest: str) -> No
     finally:
         subprocess.run([*podman, "rm", "-a", "-f"], capture_output=True, check=False)
         unmount_below(tmp_path)
+        unmount_below(store)          # rootful overlay makes the image store's overlay/ private
         unmount_below(runroot)
         shutil.rmtree(runroot, ignore_errors=True)
