@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atomicedge.errors import ToolError
+from atomicedge.errors import NotFoundError, ToolError
 from atomicedge.lab import labnet
 from atomicedge.lab.devices import Lab
 from atomicedge.lab.registry import Registry
@@ -382,9 +382,16 @@ def build(lab: Lab, work: Path, repo: Path, ref: str, advert: float = 1.0,
 
 # -- the demo act ------------------------------------------------------------------------------
 
+def _powered(apps: AppLab, name: str) -> bool:
+    try:
+        return apps.lab.device(name).leader is not None
+    except NotFoundError:           # crashed: `lab down` took the device away
+        return False
+
+
 def _ps(apps: AppLab, console: Any) -> None:
     for name in apps.sysroots:
-        ctrs = apps.containers(name) if apps.lab.device(name).leader else ["(powered off)"]
+        ctrs = apps.containers(name) if _powered(apps, name) else ["(powered off)"]
         console.print(f"  podman ps on {name} ({apps.roles[name]}): {' '.join(ctrs) or '-'}")
 
 
@@ -414,7 +421,8 @@ def run(workdir: Path, console: Any, examples: Path | None = None) -> dict[str, 
     auto-update from the registry."""
     console.print("[bold]build the app's images[/bold] v1, v2, v3 from busybox-static, push "
                   "them to a registry on the build host; [bold]compose gateway-apps[/bold] "
-                  "(podman, keepalived, the rootless app, v1 embedded by [[containers]])")
+                  "(podman, keepalived, the rootless app; v1 embedded by the blueprint's "
+                  "containers entry)")
     storage = workdir / "registry"
     res = compose_apps(workdir / "repo", storage, examples)
     console.print(f"  commit {res.commit[:16]}")
@@ -445,6 +453,8 @@ def run(workdir: Path, console: Any, examples: Path | None = None) -> dict[str, 
             "edge2", "show", "-p", "NRestarts", "--value", "httpd.service").stdout.strip()
             == "1", 120, 0.2)
         console.print("  httpd.service NRestarts=1")
+        # the proxy stays up meanwhile: requests in the moment the container is down are reset
+        poll("the app to answer again", lambda: apps.try_get(timeout=10), 120, 0.2)
         out["restarted"] = _curl(apps, console)
         console.print("[bold]the primary comes back[/bold] and takes the VIP back")
         apps.up("edge1")
