@@ -11,6 +11,7 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -24,6 +25,7 @@ from atomicedge.compose.validate import load
 from atomicedge.errors import NotFoundError, UsageError
 from atomicedge.ostree.repo import Repo
 
+INSTALLER = "edge-installer"    # compose/installer.py (imported when used: xorriso, GRUB)
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -70,10 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = verbs.add_parser("build", help="blueprint -> OSTree commit (edge-commit)")
     b.add_argument("blueprint", type=Path, metavar="BLUEPRINT.toml")
     b.add_argument("--type", dest="image_type", default="edge-commit",
-                   choices=build_mod.IMAGE_TYPES + build_mod.DISK_TYPES,
+                   choices=build_mod.IMAGE_TYPES + build_mod.DISK_TYPES + (INSTALLER,),
                    help="edge-commit (tar of repo/ + compose.json), edge-container (OCI "
                         "archive serving the repo on port 8080), qcow2 or edge-raw-image "
-                        "(disk booting BIOS and UEFI with GRUB)")
+                        "(disk booting BIOS and UEFI with GRUB), edge-installer (ISO "
+                        "installing the commit unattended from a kickstart)")
     b.add_argument("--repo", type=Path, help="OSTree repo to commit into (created if missing)")
     b.add_argument("--ref", help="branch (default debian/12/<arch>/edge)")
     pg = b.add_mutually_exclusive_group()
@@ -94,8 +97,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "no network setup (see docs/booting.md: slow to start on TCG)")
     b.add_argument("--vm-agent", action="store_true",
                    help="qcow2/edge-raw-image: add the command channel of `atomicedge vm exec`")
+    b.add_argument("--kickstart", type=Path, metavar="KS",
+                   help="edge-installer: the kickstart the ISO carries (default: ostreesetup "
+                        "of the commit with --update-url as the remote, clearpart --all, "
+                        "poweroff); replace it later with `atomicedge mkksiso`")
     _add_source_args(b)
     b.set_defaults(func=cmd_build)
+
+    k = sub.add_parser("mkksiso", help="embed a kickstart into an edge-installer ISO")
+    k.add_argument("kickstart", type=Path, metavar="KS", help="the kickstart (checked first)")
+    k.add_argument("iso", type=Path, metavar="ISO", help="an edge-installer ISO")
+    k.add_argument("output", type=Path, metavar="OUT", help="the new ISO (may be ISO itself)")
+    k.set_defaults(func=cmd_mkksiso)
 
     p = sub.add_parser("blueprints", help="check blueprints")
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
@@ -135,6 +148,8 @@ def _check_repo_path(path: Path) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     bp = load(args.blueprint)
     sources = sources_from_args(args, bp.distro)
+    if args.kickstart is not None:
+        _check_kickstart_early(args, bp)
     if args.push:
         if args.image_type != "edge-container":
             raise UsageError("--push needs --type edge-container", "only containers go to "
@@ -144,14 +159,17 @@ def cmd_build(args: argparse.Namespace) -> int:
     repo_path = args.repo or Path(tmp.name) / "repo"
     # without --repo the artifact is the result (default name) unless it only goes to --push
     keep = args.output is not None or (args.repo is None and not args.push)
-    suffix = {"qcow2": ".qcow2", "edge-raw-image": ".raw"}.get(args.image_type, ".tar")
+    suffix = {"qcow2": ".qcow2", "edge-raw-image": ".raw", INSTALLER: ".iso"}.get(
+        args.image_type, ".tar")
     output = args.output or (Path(f"{bp.name}-{bp.version}-{args.image_type}{suffix}") if keep
                              else Path(tmp.name) / "image.tar" if args.push else None)
     try:
         _check_repo_path(repo_path)
         req = build_mod.ComposeRequest(
             bp, repo_path, sources, ref=args.ref, parent=args.parent, url=args.url,
-            profile=args.profile, image_type=args.image_type, use_cache=not args.no_cache)
+            profile=args.profile, use_cache=not args.no_cache,
+            # the installer ISO embeds the commit an edge-commit compose makes
+            image_type="edge-commit" if args.image_type == INSTALLER else args.image_type)
         steps = RichSteps(err)
         res = build_mod.compose(req, steps)
         repo = Repo.open(repo_path)
@@ -159,6 +177,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             with steps.step(f"{args.image_type} artifact"):
                 if args.image_type in build_mod.DISK_TYPES:
                     _write_disk(args, repo, res.ref, res.commit, output)
+                elif args.image_type == INSTALLER:
+                    _write_installer(args, repo, res.ref, res.commit, output)
                 else:
                     artifact.write_image(args.image_type, repo, res.ref, res.commit, output,
                                          state=AptState(sources, default_root(), host_arch()),
@@ -186,6 +206,37 @@ def _write_disk(args: argparse.Namespace, repo: Repo, ref: str, commit: str,
                              update_url=args.update_url or args.url or disk.DEFAULT_UPDATE_URL,
                              kargs=disk.kargs_of(repo, commit), agent=args.vm_agent,
                              dhcp=args.dhcp))
+
+
+def _check_kickstart_early(args: argparse.Namespace, bp: Any) -> None:
+    """--kickstart: refused with its line before the compose writes anything."""
+    from atomicedge.compose import kickstart
+    if args.image_type != INSTALLER:
+        raise UsageError("--kickstart needs --type edge-installer")
+    ks = kickstart.parse_file(args.kickstart)
+    ref = args.ref or build_mod.default_ref(bp, host_arch())
+    if ks.ostree.ref != ref:
+        raise UsageError(f"{args.kickstart.name}:{ks.ostree.line}: ostreesetup "
+                         f"--ref={ks.ostree.ref}: the commit goes to {ref}",
+                         f"use --ref={ref} in the kickstart (or --ref for the compose)")
+
+
+def _write_installer(args: argparse.Namespace, repo: Repo, ref: str, commit: str,
+                     output: Path) -> None:
+    from atomicedge.compose import disk, installer
+    installer.build(installer.InstallerSpec(
+        repo.path, ref, commit, output, kickstart=args.kickstart,
+        update_url=args.update_url or args.url or disk.DEFAULT_UPDATE_URL))
+
+
+def cmd_mkksiso(args: argparse.Namespace) -> int:
+    from atomicedge.compose import installer
+    plan = installer.mkksiso(args.kickstart, args.iso, args.output)
+    users = ", ".join(u["name"] for u in plan.users) or "none"
+    print(f"{args.output}: kickstart {args.kickstart.name} embedded (ostreesetup "
+          f"--osname={plan.osname} --remote={plan.remote} --url={plan.url} --ref={plan.ref}; "
+          f"users: {users}; %post scripts: {len(plan.posts)}; then {plan.finish})")
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

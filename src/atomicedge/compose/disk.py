@@ -29,21 +29,20 @@ from pathlib import Path
 
 from atomicedge import runner
 from atomicedge.compose.build import DISK_TYPES
-from atomicedge.device import deploy as dp
-from atomicedge.device import fetch, grubcfg
-from atomicedge.device import sysroot as sr
-from atomicedge.device.grubenv import GrubEnv
-from atomicedge.device.origin import Origin
+from atomicedge.device.installer import (
+    BASE_KARGS,
+    ESP_SECTORS,
+    ESP_START,
+    ROOT_LABEL,
+    ROOT_START,
+    SECTOR,
+    install_sysroot,
+)
 from atomicedge.errors import UsageError
 from atomicedge.ostree.repo import Repo
 from atomicedge.remote import config as remotes
 
-SECTOR = 512
-ESP_START = 2048                         # 1 MiB: MBR + core.img in the gap before it
-ESP_SECTORS = 64 * 1024 * 1024 // SECTOR
-ROOT_START = ESP_START + ESP_SECTORS
-ROOT_LABEL = "root"
-BASE_KARGS = ("root=LABEL=root", "rw", "console=ttyS0,115200")
+# SECTOR..BASE_KARGS: the layout is the device's too, the edge installer writes the same one
 DEFAULT_UPDATE_URL = "http://10.0.2.2:8080"   # the host, as QEMU's user network shows it
 GRUB_PC = Path("/usr/lib/grub/i386-pc")
 GRUB_MODULES = ["biosdisk", "part_msdos", "part_gpt", "ext2", "normal", "linux", "loadenv",
@@ -122,17 +121,9 @@ def build(spec: DiskSpec) -> Path:
 
 def make_sysroot(root: Path, spec: DiskSpec) -> Path:
     """The sysroot, deployed by the device code; returns the deployment dir (relative)."""
-    sysroot = sr.init_fs(root)
-    sr.os_init(sysroot, spec.osname)
-    remotes.add(sysroot.repo, spec.remote, f"file://{spec.repo.resolve()}", gpg_verify=False)
-    csum = fetch.pull(sysroot.repo, spec.remote, spec.ref, commit=spec.commit)
-    grubcfg.install_link(sysroot.boot)
-    GrubEnv(sysroot.grubenv_path).write({})
-    d = dp.deploy(sysroot, spec.osname, csum, Origin.new(f"{spec.remote}:{spec.ref}"),
-                  [*BASE_KARGS, *spec.kargs])
-    remotes.delete(sysroot.repo, spec.remote)
-    remotes.add(sysroot.repo, spec.remote, spec.update_url, gpg_verify=False)
-    return sysroot.deployment_dir(d).relative_to(root)
+    return install_sysroot(root, f"file://{spec.repo.resolve()}", spec.ref, spec.commit,
+                           spec.osname, spec.remote, [*BASE_KARGS, *spec.kargs],
+                           spec.update_url).relative_to(root)
 
 
 def install_network(deployment: Path) -> bool:
@@ -181,16 +172,21 @@ def assemble(root: Path, work: Path, disk: Path, root_size: int) -> None:
     runner.run(["sfdisk", "--no-reread", "--no-tell-kernel", str(disk)], input_text=table,
                what="sfdisk")
     core = work / "core.img"
-    runner.run(["grub-mkimage", "-O", "i386-pc", "-o", str(core), "-p", "(hd0,msdos2)/boot/grub",
-                *GRUB_MODULES], what="grub-mkimage")
-    if core.stat().st_size > (ESP_START - 1) * SECTOR:
-        raise UsageError("GRUB core.img does not fit before the first partition")
+    make_core_img(core)
     with open(disk, "r+b") as f:
         f.write((GRUB_PC / "boot.img").read_bytes()[:440])   # keeps the partition table
         f.seek(SECTOR)
         f.write(core.read_bytes())
     _copy_into(esp_img, disk, ESP_START)
     _copy_into(root_img, disk, ROOT_START)
+
+
+def make_core_img(core: Path) -> None:
+    """GRUB's BIOS core image, finding its modules and grub.cfg on p2 (as grub-install)."""
+    runner.run(["grub-mkimage", "-O", "i386-pc", "-o", str(core), "-p", "(hd0,msdos2)/boot/grub",
+                *GRUB_MODULES], what="grub-mkimage")
+    if core.stat().st_size > (ESP_START - 1) * SECTOR:
+        raise UsageError("GRUB core.img does not fit before the first partition")
 
 
 def make_esp(work: Path, esp: Path) -> None:

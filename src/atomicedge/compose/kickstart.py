@@ -27,6 +27,7 @@ class OstreeSetup:
     ref: str
     remote: str
     gpg: bool
+    line: int = field(default=0, compare=False)     # where the ostreesetup line stands
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def _ostreesetup(ctx: _Ctx, line: int, words: list[str]) -> OstreeSetup:
                        _need(ctx, line, "ostreesetup", opts, "ref"),
                        str(opts.get("remote") or _need(ctx, line, "ostreesetup", opts,
                                                        "osname")),
-                       gpg=not opts.get("nogpg"))
+                       gpg=not opts.get("nogpg"), line=line)
 
 
 def _user(ctx: _Ctx, line: int, words: list[str]) -> User:

@@ -50,6 +50,7 @@ class VmSpec:
     console: Path | None = None
     ignition: Path | None = None
     accel: str = "tcg"
+    cdrom: Path | None = None      # an ISO on an IDE CD-ROM, booted first (once)
 
 
 @dataclass
@@ -84,6 +85,8 @@ def _check(spec: VmSpec) -> None:
         raise NotFoundError(f"--uefi needs {OVMF}", "apt-get install ovmf")
     if spec.ignition is not None and not spec.ignition.is_file():
         raise NotFoundError(f"--ignition {spec.ignition} does not exist")
+    if spec.cdrom is not None and not spec.cdrom.is_file():
+        raise NotFoundError(f"--cdrom {spec.cdrom} does not exist")
     if spec.accel not in ("tcg", "kvm"):
         raise UsageError(f"--accel {spec.accel!r}", "use tcg or kvm")
     if shutil.which(QEMU) is None:
@@ -119,6 +122,9 @@ def qemu_argv(spec: VmSpec, d: Path, console: Path, *, foreground: bool) -> list
         argv += ["-bios", str(OVMF)]
     if spec.ignition is not None:
         argv += ["-fw_cfg", f"name=opt/com.coreos/config,file={spec.ignition.resolve()}"]
+    if spec.cdrom is not None:     # the installer ISO: CD first, the disk after a reboot
+        argv += ["-drive", f"file={spec.cdrom.resolve()},media=cdrom,if=ide,readonly=on",
+                 "-boot", "once=d"]
     return argv
 
 
@@ -152,6 +158,27 @@ def run(spec: VmSpec, *, detach: bool = True) -> int:
             raise ToolError("qemu did not start within 60 s", f"see {d / 'qemu.log'}")
         time.sleep(0.05)
     return proc.pid
+
+
+def wait_exit(name: str, timeout: float = 600.0) -> float:
+    """Poll until the VM's QEMU has exited (the guest powered off); returns the seconds it
+    took. Reaps QEMU when it is our child."""
+    start = time.monotonic()
+    try:
+        pid = int((vm_dir(name) / "qemu.pid").read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    while is_running(name):
+        if time.monotonic() - start > timeout:
+            raise ToolError(f"vm {name}: still running after {timeout:g} s",
+                            f"see the console log {console_path(name)}")
+        time.sleep(1)
+    if pid is not None:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+    return time.monotonic() - start
 
 
 def pid_of(name: str) -> int | None:

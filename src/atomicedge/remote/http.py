@@ -311,7 +311,7 @@ class Fetcher:
                 size = os.fstat(f.fileno()).st_size
                 if size > max_size:
                     raise FetchError(f"{full} is {size} bytes, over the {max_size}-byte cap")
-                data = f.read(max_size + 1)
+                data = f.read(min(size, max_size) + 1)   # read(n) allocates n bytes first
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             self._count(0, not_found=True)
             return None
