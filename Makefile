@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := $(shell cat deps/apt/*.txt | sed 's/\#.*//' | tr -s ' \n' ' ')
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo demo-real test lint typecheck unit bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml $(wildcard deps/apt/*.txt)
 
 demo: setup
 	$(VENV)/bin/atomicedge demo
+
+# the OS-update act on a real boot: a qcow2 in QEMU (TCG), GRUB counting the boots (minutes)
+demo-real: setup
+	$(VENV)/bin/atomicedge demo --real
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
