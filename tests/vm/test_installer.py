@@ -124,6 +124,42 @@ def test_the_installer_writes_the_disk_builders_partition_table(tmp_path: Path) 
     assert p2.get("bootable") and not p1.get("bootable")
 
 
+def test_kickstart_accounts_and_post_land_in_the_deployed_system(
+        gateway_images: Any, tmp_path: Path) -> None:
+    """The installer's accounts and %post phase, on the host, against a sysroot deployed by
+    the same install_sysroot (a real deployment, real useradd, a real chroot; no VM): homes
+    and --log go through /home and /root into the stateroot's fresh /var."""
+    from atomicedge.compose import kickstart
+    from atomicedge.ostree.repo import Repo
+    text = (f"ostreesetup --osname=site --remote=fleet --url={SITE_URL} "
+            f"--ref={gateway_images.ref}\nuser --name=op --groups=wheel --password=edge\n"
+            f'sshkey --username=op "{KEY}"\nrootpw --lock\n'
+            "%post --log=/root/ks-post.log\ncat /etc/hostname > /etc/ks-post-marker\n"
+            "echo done\n%end\n")
+    meta = installer.iso_meta(Repo.open(gateway_images.repo), gateway_images.ref,
+                              gateway_images.v1)
+    plan = installer.make_plan(kickstart.parse(text), text, meta)
+    root = tmp_path / "sysroot"
+    deployment = dev.install_sysroot(root, f"file://{gateway_images.repo}", gateway_images.ref,
+                                     gateway_images.v1, "site", "fleet", list(dev.BASE_KARGS),
+                                     SITE_URL)
+    var = root / "ostree/deploy/site/var"
+    with dev.mounted(dev.chroot_mounts(root, deployment, var)):
+        dev.apply_accounts(deployment, plan)
+        dev.run_posts(deployment, plan.posts)
+    assert not any(p.is_mount() for p in (deployment / "proc", deployment / "var"))
+    passwd = {ln.split(":")[0]: ln.split(":") for ln in (deployment / "etc/passwd").read_text()
+              .splitlines()}
+    assert passwd["op"][5] == "/home/op" and (var / "home/op").is_dir()
+    assert (var / "home/op/.ssh/authorized_keys").read_text() == KEY + "\n"
+    assert "op" in (deployment / "etc/group").read_text().split("wheel:")[1].split("\n")[0]
+    shadow = {ln.split(":")[0]: ln.split(":")[1] for ln in (deployment / "etc/shadow")
+              .read_text().splitlines()}
+    assert shadow["op"].startswith("$6$") and shadow["root"].startswith("!")
+    assert (deployment / "etc/ks-post-marker").read_text() == "gateway\n"
+    assert (var / "roothome/ks-post.log").read_text() == "done\n"
+
+
 # -- the ISOs ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -328,6 +328,15 @@ def chroot_mounts(target: Path, deployment: Path, stateroot_var: Path) -> list[t
             (["--bind", str(target)], deployment / "sysroot")]
 
 
+def make_parent(deployment: Path, path: str, where: str) -> Path:
+    """``path`` in the deployment with its parent made: through the links into /var
+    (``/home`` -> ``var/home``, ``/root`` -> ``var/roothome``), whose targets a fresh
+    stateroot does not have yet (tmpfiles makes them at boot)."""
+    target = ignition.inside(deployment, path, where)
+    target.parent.resolve().mkdir(parents=True, exist_ok=True)
+    return target
+
+
 def apply_accounts(deployment: Path, plan: Plan) -> None:
     """Groups, users, root's password and ssh keys, with the deployment's own shadow files."""
     ignition.apply_groups(deployment, plan.groups)      # those the image does not have
@@ -335,9 +344,7 @@ def apply_accounts(deployment: Path, plan: Plan) -> None:
         where = f"user {u['name']}"
         if ignition.lookup_user(deployment, u["name"]) is None:
             u = {"homeDir": f"/home/{u['name']}", **u}
-            # /home -> var/home: the stateroot's /var is fresh, its home/ not made yet
-            ignition.inside(deployment, u["homeDir"], where).parent.mkdir(parents=True,
-                                                                         exist_ok=True)
+            make_parent(deployment, u["homeDir"], where)
             say(f"creating {where}")
         else:
             say(f"updating {where} (the image has it)")
@@ -372,8 +379,7 @@ def run_posts(deployment: Path, posts: list[Post]) -> None:
         for line in output.splitlines():
             print(f"  {line}", flush=True)
         if post.log:
-            log = ignition.inside(deployment, post.log, f"%post --log of line {post.line}")
-            log.parent.mkdir(parents=True, exist_ok=True)
+            log = make_parent(deployment, post.log, f"%post --log of line {post.line}")
             with open(log, "a") as f:
                 f.write(output)
         if res.returncode != 0:
