@@ -139,8 +139,11 @@ def install_network(deployment: Path) -> bool:
     net.mkdir(parents=True, exist_ok=True)
     (net / "80-atomicedge-dhcp.network").write_text(NETWORK_FILE)
     sysd = deployment / "etc" / "systemd" / "system"
+    # what `systemctl enable systemd-networkd` links (its Also=): wait-online makes units with
+    # After=/Wants=network-online.target (e.g. a podman pull at boot) wait for the DHCP lease
     for wants, unit in (("multi-user.target.wants", "systemd-networkd.service"),
-                        ("sockets.target.wants", "systemd-networkd.socket")):
+                        ("sockets.target.wants", "systemd-networkd.socket"),
+                        ("network-online.target.wants", "systemd-networkd-wait-online.service")):
         (sysd / wants).mkdir(parents=True, exist_ok=True)
         link = sysd / wants / unit
         if not link.is_symlink():

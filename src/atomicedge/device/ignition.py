@@ -21,12 +21,13 @@ import hashlib
 import json
 import os
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from atomicedge import runner
-from atomicedge.errors import AtomicEdgeError, UsageError
+from atomicedge.errors import AtomicEdgeError, ToolError, UsageError
 from atomicedge.fsutil import atomic_write
 
 MARKER = "var/lib/atomicedge/ignition.done"
@@ -399,11 +400,23 @@ def apply(root: Path, config: dict[str, Any], *, booted: bool = False) -> list[s
             enabled.append(unit["name"])
         done.append(f"unit {unit['name']}")
     if booted:
-        runner.run(["systemctl", "daemon-reload"], what="systemctl daemon-reload", timeout=120)
+        systemctl("daemon-reload")
         for name in enabled:
-            runner.run(["systemctl", "start", "--no-block", name],
-                       what=f"systemctl start {name}", timeout=120)
+            systemctl("start", "--no-block", name)
     return done
+
+
+def systemctl(*args: str, attempts: int = 6) -> None:
+    """``systemctl ARGS``, retried with a growing pause: on a loaded machine the manager can
+    drop the calls that follow a daemon-reload ("Transport endpoint is not connected")."""
+    for attempt in range(1, attempts + 1):
+        try:
+            runner.run(["systemctl", *args], what=f"systemctl {' '.join(args)}", timeout=120)
+            return
+        except ToolError:
+            if attempt == attempts:
+                raise
+            time.sleep(2 * attempt)
 
 
 def first_boot(root: Path, explicit: Path | None = None, *, booted: bool = False,
