@@ -409,9 +409,10 @@ def _auto_update(apps: AppLab, name: str, console: Any) -> str:
         console.print(f"  registry {reg.host} (lab network): "
                       f"skopeo copy app:v2 -> app:prod ({reg.retag('app:v2', 'app:prod')[:19]})")
         console.print(f"  systemctl --user start podman-auto-update.service on {name}")
-        for line in apps.auto_update(name).splitlines():
-            if line.split()[:1] in (["UNIT"], ["httpd.service"]):
-                console.print(f"    {line.strip()}")
+        report = apps.auto_update(name).splitlines()
+        rows = [ln for ln in report if ln.split()[:1] in (["UNIT"], ["httpd.service"])]
+        for line in rows or report[-8:]:      # no report row: show what podman said instead
+            console.print(f"    {line.strip()}")
         return _curl(apps, console)
 
 
