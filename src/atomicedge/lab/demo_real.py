@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -256,6 +257,8 @@ def run(workdir: Path, console: Any) -> dict[str, Any]:
     """Returns figures for the summary (commits, seconds, what the device showed)."""
     t0 = time.monotonic()
     act = _Act(workdir, console)
+    # a TERM (timeout, Ctrl-C of make) must still stop QEMU and the server: finally runs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         v1 = _v1(act)
         v2 = _v2(act, v1)
