@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,13 @@ def image(v1_qcow2: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def booted(image: Path, vm_dir: Path) -> str:
+def booted(image: Path, vm_dir: Path) -> Iterator[str]:
     start = time.monotonic()
     vm.run(vm.VmSpec(NAME, image), detach=True)
     vm.wait_agent(NAME, BOOT_TIMEOUT)
     print(f"\nBIOS boot: QEMU start -> agent answers {time.monotonic() - start:.1f} s")
-    return NAME
+    yield NAME
+    vm.kill(NAME)  # one TCG guest at a time: the next module boots its own
 
 
 def sh(cmd: str, *, ok: bool = True) -> str:

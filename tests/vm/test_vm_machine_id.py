@@ -13,6 +13,7 @@ systemd-networkd and the update server answering over it.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,12 +38,13 @@ def boot_id() -> str:
 
 
 @pytest.fixture(scope="module")
-def booted(v1_qcow2: Path, vm_dir: Path) -> str:
+def booted(v1_qcow2: Path, vm_dir: Path) -> Iterator[str]:
     start = time.monotonic()
     vm.run(vm.VmSpec(NAME, v1_qcow2), detach=True)
     vm.wait_agent(NAME, BOOT_TIMEOUT)
     print(f"\nBIOS boot: QEMU start -> agent answers {time.monotonic() - start:.1f} s")
-    return NAME
+    yield NAME
+    vm.kill(NAME)  # one TCG guest at a time: the next module boots its own
 
 
 def reboot() -> None:
