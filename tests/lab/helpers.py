@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atomicedge.errors import ToolError
+from atomicedge.lab.demo_apps import poll
 from atomicedge.lab.devices import Lab
 from atomicedge.ostree.repo import Repo
 from atomicedge.publish import summary as pubsum
@@ -28,15 +29,11 @@ schedule = "*:*:0/5"
 
 
 def wait_for(what: str, cond: Any, timeout: float = 240.0, every: float = 0.5) -> Any:
-    """Poll ``cond()`` until it returns something truthy (no sleeping as synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
+    """:func:`atomicedge.lab.demo_apps.poll` with the tests' defaults; a timeout fails the test."""
+    try:
+        return poll(what, cond, timeout, every)
+    except ToolError as e:
+        raise AssertionError(str(e)) from None
 
 
 @dataclass

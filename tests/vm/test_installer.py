@@ -13,10 +13,8 @@ The cheap checks (refusals, the partition table, the plan's digest) need no VM.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,6 @@ from atomicedge.cli.main import main
 from atomicedge.compose import disk_agent, installer
 from atomicedge.device import installer as dev
 from atomicedge.errors import UsageError
-from atomicedge.lab import vm
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 BOOT_TIMEOUT = 900.0          # TCG on 2 busy cores: a boot is 30-60 s idle, minutes loaded
@@ -161,20 +158,6 @@ def test_kickstart_accounts_and_post_land_in_the_deployed_system(
 
 
 # -- the ISOs ----------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def vms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("installer-vms")
-    old = os.environ.get("ATOMICEDGE_VM_DIR")
-    os.environ["ATOMICEDGE_VM_DIR"] = str(d)
-    yield d
-    for row in vm.ls():
-        vm.kill(str(row["name"]))
-    if old is None:
-        os.environ.pop("ATOMICEDGE_VM_DIR")
-    else:
-        os.environ["ATOMICEDGE_VM_DIR"] = old
-
 
 @pytest.fixture(scope="module")
 def iso(gateway_images: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -175,16 +175,23 @@ class AppLab:
         if wait:
             self.lab.wait(name, timeout=300)
 
-    def crash(self, name: str) -> float:
-        """SIGKILL nspawn and the device's systemd at once; returns the moment (monotonic)."""
+    def sigkill(self, name: str) -> float:
+        """The device's supervisor, nspawn and systemd SIGKILLed at once (``virsh destroy``);
+        returns the moment (monotonic). Its network namespace stays: see :meth:`crash`."""
         d = self.lab.device(name)
-        pids = [int(p) for p in (d.state.get("nspawn_pid"), d.state.get("leader"),
-                                 d.state.get("pid")) if p]
+        pids = [int(p) for p in (d.state.get("pid"), d.state.get("nspawn_pid"),
+                                 d.state.get("leader")) if p]
         t0 = time.monotonic()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        self.lab.down(name, timeout=30)        # the NIC goes with the machine
+        return t0
+
+    def crash(self, name: str) -> float:
+        """:meth:`sigkill`, then ``lab down`` (the NIC goes with the machine); returns the
+        moment of the kill."""
+        t0 = self.sigkill(name)
+        self.lab.down(name, timeout=30)
         return t0
 
     def close(self) -> None:

@@ -15,11 +15,8 @@ back again when the primary returns (preemption).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
-import signal
 import socket
 import threading
 import time
@@ -366,13 +363,7 @@ def kill(apps: AppLab, name: str) -> float:
     """``virsh destroy``: the device's supervisor, nspawn and systemd SIGKILLed at once and its
     NIC cut (the bridge side of its veth down: the dead machine's network namespace would go on
     answering ARP for the VIP until ``lab down`` removes it). Returns the moment of the kill."""
-    d = apps.lab.device(name)
-    pids = [int(p) for p in (d.state.get("pid"), d.state.get("nspawn_pid"),
-                             d.state.get("leader")) if p]
-    t0 = time.monotonic()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    t0 = apps.sigkill(name)
     run(["ip", "-n", apps.lab.net.netns, "link", "set", apps.lab.net.veth(name), "down"],
         what=f"cut the NIC of {name}", timeout=30)
     return t0
