@@ -1,26 +1,28 @@
-"""Power cuts under QEMU (TCG): QEMU is SIGKILLed while an update downloads and while it is
-staged, and the next boot is the old OS - whole - and ``device status`` says so.
+"""Power cuts under QEMU (TCG): QEMU is SIGKILLed while an update downloads, stages and
+finalizes, and the next boot is the old or the new OS - whole - and ``device status`` says which.
 
-One VM, one disk (the module's qcow2 overlay on the composed gateway v1 disk), QEMU restarted
-on the same disk after each cut. Nothing is faked: real GRUB reads grubenv and the menu from the
-ext4 the guest wrote, the kernel replays the journal, the device code on the image's python
-pulls and stages. A cut counts only when it is verified to have interrupted its phase:
+One VM, one disk (a qcow2 overlay on the composed gateway v1 disk), QEMU restarted on the same
+disk after each cut. Nothing is faked: real GRUB reads grubenv and the menu from the ext4 the
+guest wrote, the kernel replays (or not) the journal, the device code on the image's python
+stages and finalizes. A cut counts only when it is verified to have interrupted its phase:
 
 * download: the update server (``tests/net/faultserver.py``, on the host's 127.0.0.1, the
   guest's 10.0.2.2) holds every request once a third of the ``.filez`` objects v2 adds were
   sent; the cut comes while the guest's pull waits for the rest (its unit still running);
-* staging: a watcher *of the test* inside the guest (a transient unit, not product code) waits
-  until the upgrade's cgroup has a process and the deployment's checkout directory
-  ``.CSUM.N.tmp`` is filling ``usr/lib``, freezes that cgroup (``cgroup.freeze``: the operation
-  stops where it is, mid-phase), writes what is on disk to the kernel console, and the host
-  cuts the power on reading that line. The evidence (still-running process, no staged state,
-  the unrenamed checkout) is asserted.
+* staging and finalize: a watcher *of the test* inside the guest (a transient unit, not product
+  code) waits until the operation's cgroup has a process and the phase's milestone is on disk
+  (staging: the deployment's checkout directory ``.CSUM.N.tmp`` filling ``usr/lib``;
+  finalize: the new ``boot/loader.N`` being written, or the swapped ``boot/loader`` written home
+  and the old ``boot/loader.M`` being removed), freezes
+  that cgroup (``cgroup.freeze``: the operation stops where it is, mid-phase), writes what is on
+  disk to the kernel console, and the host cuts the power on reading that line. The evidence
+  (still-running process, the staged state file, the loader link, the counter) is asserted.
 
 After each cut the boot is checked whole: GRUB booted an entry, the agent answers, the system
-is up, the booted commit is the same in the GRUB menu line, the kernel command line,
-``atomicedge device status`` (text and JSON) and the real ``ostree admin status``; the sysroot
-repository passes the real ``ostree fsck``; the package that v2 adds is absent. The partial
-download does not stand in the way of the next upgrade (the staging cut's pull completes).
+is up, the booted commit is v1 or v2 and is the same in the GRUB menu line, the kernel command
+line, ``atomicedge device status`` (text and JSON) and the real ``ostree admin status``; the
+sysroot repository passes the real ``ostree fsck``; the package that v2 adds is there exactly
+when v2 booted.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ PHASE_TIMEOUT = 900.0    # the guest's pull or checkout reaching the phase to cu
 REPO = "/sysroot/ostree/repo"
 DEPLOY = "/sysroot/ostree/deploy/debian/deploy"
 STAGED = "/sysroot/ostree/atomicedge/staged.json"
+FINALIZE_UNIT = "atomicedge-finalize-staged.service"
 GRUB_LINE = re.compile(rb"atomicedge-grub: booting entry (\d+): ([^\r\n]*)")
 
 # The test's watcher in the guest (bash builtins in the tight loop, so it reacts within
@@ -294,4 +297,75 @@ def test_power_cut_during_staging_boots_the_old_os(guest: Guest, feed: FaultServ
     assert b.booted["checksum"] == gateway_images.v1
     assert [d["checksum"] for d in b.status["deployments"]] == [gateway_images.v1]
     guest.evidence["staging"]["fsck"] = fsck_clean()
+
+
+def _finalize_cut(guest: Guest, phase: str, milestone: str) -> dict[str, str]:
+    """Reboot with a staged update; cut the power inside its finalize at ``milestone``."""
+    # the seed's required check fails any commit but the first one booted; as its operator
+    # would, accept the update (the check then records the new commit)
+    sh("rm -f /etc/greenboot/orig.txt && sync")
+    assert sh(f"systemctl is-active {FINALIZE_UNIT}", ok=False).strip() == "active"
+    watch(phase, FINALIZE_UNIT, precursor="true", milestone=milestone)
+    start, offset = time.monotonic(), console_size()
+    sh("systemd-run --on-active=1 systemctl reboot")
+    ev = wait_cut(guest, phase, offset)
+    guest.timings[f"reboot until the {phase} cut"] = round(time.monotonic() - start, 1)
+    assert ev["procs"] != "0" and ev["staged"] == "present", ev   # finalize had not finished
+    power_cut_and_boot(guest, f"after-{phase}-cut")
+    return ev
+
+
+def loaders() -> tuple[str, str]:
+    """(live boot/loader.N, the other one the next deployment list is written to)."""
+    old = sh("readlink /sysroot/boot/loader").strip()
+    return old, f"loader.{1 - int(old[-1])}"
+
+
+def test_power_cut_while_finalize_writes_the_boot_entries_boots_the_old_os_still_staged(
+        guest: Guest, gateway_images: Any) -> None:
+    network_up()
+    out = sh("atomicedge device upgrade")
+    assert "Staged update" in out, out
+    st = status()
+    assert [(d["checksum"], d["staged"]) for d in st["deployments"]] == [
+        (gateway_images.v2, True), (gateway_images.v1, False)], st
+    old, new = loaders()
+    assert sh(f"test -e /sysroot/boot/{new} && echo left || echo clean").strip() == "clean"
+    # the new boot version is being written (after the /etc merge and the counter)
+    ev = _finalize_cut(guest, "finalize-entries", milestone=f"[ -d /sysroot/boot/{new}/entries ]")
+    assert ev["loader"] == old, ev
+
+    b = whole_boot(gateway_images)
+    assert b.booted["checksum"] == gateway_images.v1 and b.entry == 0
+    assert [d["checksum"] for d in b.live] == [gateway_images.v1]
+    # the update is not lost: still staged, and applied at the next orderly shutdown
+    assert [d["checksum"] for d in b.staged] == [gateway_images.v2], b.status
+    assert "(staged)" in sh("atomicedge device status")
+    assert sh(f"systemctl is-active {FINALIZE_UNIT}", ok=False).strip() == "active"
+    guest.evidence["finalize-entries"]["fsck"] = fsck_clean()
+
+
+def test_power_cut_after_finalize_swapped_the_boot_entries_boots_the_new_os(
+        guest: Guest, gateway_images: Any) -> None:
+    old, new = loaders()
+    # the swap is done and written home (the old boot version is being removed), the staged
+    # state not cleared yet
+    ev = _finalize_cut(guest, "finalize-swapped", milestone=f"[ ! -e /sysroot/boot/{old} ]")
+    assert ev["loader"] == new, ev
+
+    b = whole_boot(gateway_images)
+    guest.evidence["finalize-swapped"]["booted"] = b.booted["version"]
+    assert [d["checksum"] for d in b.live] == [gateway_images.v2, gateway_images.v1]
+    assert b.booted["checksum"] == gateway_images.v2 and b.entry == 0, b
+    # finalized: status shows nothing staged although the cut left the state file behind;
+    # the next finalize (at shutdown; here its unit stopped by hand) just clears it
+    assert not b.staged, b.status
+    text = sh("atomicedge device status")
+    assert "(rollback)" in text and "(staged)" not in text, text
+    assert sh(f"test -e {STAGED} && echo left || echo cleared").strip() == "left"
+    sh(f"systemctl stop {FINALIZE_UNIT}")
+    assert sh(f"test -e {STAGED} && echo left || echo cleared").strip() == "cleared"
+    assert [d["checksum"] for d in status()["deployments"]] == [gateway_images.v2,
+                                                                 gateway_images.v1]
+    guest.evidence["finalize-swapped"]["fsck"] = fsck_clean()
 
