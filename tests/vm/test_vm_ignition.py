@@ -38,6 +38,7 @@ from atomicedge.compose.apt import Sources
 from atomicedge.compose.build import ComposeRequest, compose
 from atomicedge.compose.validate import load
 from atomicedge.device.ignition import FW_CFG, MARKER
+from atomicedge.errors import ToolError
 from atomicedge.lab import registry, vm
 from atomicedge.ostree.repo import Repo
 from tests.lab.helpers import ATOMICEDGE
@@ -243,3 +244,44 @@ def test_hello_service_runs_the_container_and_it_answers_on_8080(
     assert sh("cat /etc/hello/motd") == "Hello from Ignition!\n"
     conf = sh("cat /etc/containers/registries.conf.d/50-lab-registry.conf")
     assert f'location = "{provisioned.image_ref.split("/")[0]}"' in conf
+
+
+def test_second_boot_does_not_apply_the_config_again(booted: str,
+                                                     provisioned: Provisioned) -> None:
+    marker = sh(f"stat -c %Y:%s /{MARKER}; sha256sum /{MARKER}")
+    machine_id = sh("cat /etc/machine-id").strip()
+    sh("journalctl --flush")
+    sh("echo 'changed between the boots' > /etc/hello/motd && sync")
+    first = boot_id()
+    try:   # the agent may be stopped before its answer leaves the guest
+        vm.exec_(NAME, "systemctl reboot --no-block", timeout=60, answer_timeout=60)
+    except ToolError:
+        pass
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while True:
+        try:
+            res = vm.exec_(NAME, "cat /proc/sys/kernel/random/boot_id", timeout=10,
+                           answer_timeout=15)
+            if res.rc == 0 and res.text.strip() not in ("", first):
+                break
+        except (ToolError, OSError):
+            pass
+        assert time.monotonic() < deadline, "the guest did not come back after its reboot"
+        time.sleep(1)
+    # the config is still offered on fw_cfg, the applier is skipped by its marker
+    assert sh(f"sha256sum < {FW_CFG}").split()[0] == hashlib.sha256(
+        provisioned.ignition.read_bytes()).hexdigest()
+    unit = "atomicedge-ignition-firstboot.service"
+    assert sh(f"systemctl show -p ConditionResult --value {unit}").strip() == "no"
+    # one machine across the boots (its id written on the first), so its journal lists both
+    assert sh("cat /etc/machine-id").strip() == machine_id
+    assert first.replace("-", "") in sh("journalctl --list-boots --no-pager")
+    # the first boot applied the config, and no boot since has
+    assert "ignition: done" in wait_journal(f"-b -1 -u {unit}", "ignition: done")
+    assert wait_journal(f"-u {unit}", "ignition: done").count("ignition: done") == 1
+    assert "ignition:" not in sh(f"journalctl -b -o cat --no-pager -u {unit}")
+    assert sh(f"stat -c %Y:%s /{MARKER}; sha256sum /{MARKER}") == marker
+    assert sh("cat /etc/hello/motd") == "changed between the boots\n"
+    assert sh("cat /home/core/.ssh/authorized_keys").splitlines() == [provisioned.public_key]
+    # still enabled: hello.service starts its container again on the second boot
+    container_check(provisioned)
