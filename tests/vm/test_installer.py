@@ -24,6 +24,7 @@ from atomicedge.cli.main import main
 from atomicedge.compose import disk_agent, installer
 from atomicedge.device import installer as dev
 from atomicedge.errors import UsageError
+from atomicedge.lab import vm
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 BOOT_TIMEOUT = 900.0          # TCG on 2 busy cores: a boot is 30-60 s idle, minutes loaded
@@ -213,3 +214,92 @@ def test_mkksiso_refuses_a_bad_kickstart_with_its_line_and_writes_nothing(
         assert err.startswith(f"error: {message}") and "Traceback" not in err
         assert not out.exists() and not list(tmp_path.glob(".*.tmp-*"))
 
+
+# -- install and boot --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def installed(site_iso: Path, vm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("target") / "target.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), "8G"], check=True,
+                   timeout=60)
+    start = time.monotonic()
+    vm.run(vm.VmSpec("inst", target, cdrom=site_iso), detach=True)
+    vm.wait_console("inst", r"INSTALL (OK|FAILED)", timeout=INSTALL_TIMEOUT)
+    console = vm.console_path("inst").read_text(errors="replace")
+    assert "INSTALL OK" in console, console[-3000:]
+    vm.wait_exit("inst", BOOT_TIMEOUT)          # the kickstart's poweroff
+    print(f"\ninstall: QEMU start -> powered off {time.monotonic() - start:.1f} s")
+    (target.parent / "install-console.log").write_text(console)
+    return target
+
+
+@pytest.fixture(scope="module")
+def booted(installed: Path, vm_dir: Path) -> str:
+    start = time.monotonic()
+    vm.run(vm.VmSpec("inst", installed), detach=True)
+    vm.wait_agent("inst", BOOT_TIMEOUT)
+    print(f"\ninstalled disk: QEMU start -> agent answers {time.monotonic() - start:.1f} s")
+    return "inst"
+
+
+def sh(cmd: str) -> str:
+    res = vm.exec_("inst", cmd, timeout=300)
+    assert res.rc == 0, (cmd, res.rc, res.text, res.err.decode(errors="replace"))
+    return res.text
+
+
+def test_the_installer_ran_unattended_from_the_cd_and_powered_off(installed: Path) -> None:
+    console = (installed.parent / "install-console.log").read_text()
+    assert "atomicedge-installer-grub: loading the installer" in console   # the ISO's GRUB
+    assert "ostreesetup --osname=site --remote=fleet" in console           # mkksiso's kickstart
+    assert "%post (kickstart line 15)" in console
+    assert not vm.is_running("inst")
+
+
+def test_the_installed_disk_boots_the_embedded_commit_as_ostreesetup_said(
+        booted: str, gateway_images: Any) -> None:
+    st = json.loads(sh("atomicedge device status --json"))
+    me = [d for d in st["deployments"] if d["booted"]]
+    assert len(me) == 1 and me[0]["checksum"] == gateway_images.v1
+    assert (me[0]["osname"], me[0]["origin"]) == ("site", f"fleet:{gateway_images.ref}")
+    config = sh("cat /sysroot/ostree/repo/config")
+    assert f'[remote "fleet"]\nurl={SITE_URL}\ngpg-verify=false' in config
+    assert "atomicedge-grub: booting entry 0" in vm.console_path("inst").read_text(
+        errors="replace")                                     # the installed GRUB menu
+    assert "ro" in sh("findmnt -no OPTIONS /usr").split(",")
+
+
+def test_the_kickstart_user_key_and_post_are_on_the_installed_system(booted: str) -> None:
+    assert sh("getent passwd siteadmin").split(":")[5] == "/var/home/siteadmin"
+    assert "wheel" in sh("id -nG siteadmin").split()
+    assert "(ALL : ALL) ALL" in sh("sudo -l -U siteadmin")
+    assert sh("cat /var/home/siteadmin/.ssh/authorized_keys") == KEY + "\n"
+    assert sh("stat -c '%U %a' /var/home/siteadmin/.ssh/authorized_keys").split() == [
+        "siteadmin", "600"]
+    shadow = sh("getent shadow siteadmin").split(":")[1]
+    assert shadow.startswith("$"), shadow                 # a hash, not a locked account
+    # the guest's libcrypt verifies the kickstart's password (the hash via a quoted
+    # here-document: its $ signs must not reach the shell)
+    check = "import crypt, sys; h = sys.stdin.read().strip(); print(crypt.crypt('edge', h) == h)"
+    assert sh(f"python3 -W ignore -c \"{check}\" <<'EOF'\n{shadow}\nEOF").strip() == "True"
+    assert sh("cat /etc/ks-post-marker") == "installed by the site kickstart\ngateway\n"
+    assert "Created symlink" in sh("cat /root/ks-post.log")   # %post --log, in the chroot
+
+
+def test_the_iso_boots_with_uefi_into_the_installer(iso: Path, vm_dir: Path,
+                                                   tmp_path: Path) -> None:
+    """OVMF: El Torito's EFI image, GRUB EFI finds the ISO by label, the installer starts."""
+    vm.kill("inst")                   # done with the installed disk: the cores are this VM's
+    target = tmp_path / "uefi-target.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), "4G"], check=True,
+                   timeout=60)
+    start = time.monotonic()
+    vm.run(vm.VmSpec("inst-uefi", target, cdrom=iso, uefi=True), detach=True)
+    try:
+        vm.wait_console("inst-uefi", "atomicedge-installer-grub: loading the installer",
+                        timeout=BOOT_TIMEOUT)
+        vm.wait_console("inst-uefi", "atomicedge-installer: kickstart checked",
+                        timeout=BOOT_TIMEOUT)
+        print(f"\nUEFI: QEMU start -> installer running {time.monotonic() - start:.1f} s")
+    finally:
+        vm.kill("inst-uefi")
