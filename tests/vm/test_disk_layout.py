@@ -71,8 +71,8 @@ def test_root_holds_the_deployed_sysroot_with_menu_grubenv_and_update_remote(
     assert "../loader/grub.cfg" in _debugfs(root, "stat /boot/grub/grub.cfg")
     menu = _debugfs(root, "cat /boot/loader/grub.cfg")
     assert "linux /boot/ostree/testos-" in menu
-    assert "root=LABEL=root rw console=ttyS0,115200 quiet net.ifnames=0 ostree=/ostree/boot." \
-        in menu
+    assert ("root=LABEL=root rw console=ttyS0,115200 rd.shell=0 rd.emergency=reboot panic=10 "
+            "quiet net.ifnames=0 ostree=/ostree/boot.") in menu
     assert _debugfs(root, "cat /boot/grub/grubenv").startswith("# GRUB Environment Block")
     assert "normal.mod" in _debugfs(root, "ls -l /boot/grub/i386-pc")
     config = _debugfs(root, "cat /ostree/repo/config")

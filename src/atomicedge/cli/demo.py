@@ -81,4 +81,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "Act 4, booted for real — QEMU: update over HTTP, three failed boots counted by "
             "GRUB, fallback", work / "real", lambda: demo_real.run(work / "real", console))
     console.print(Rule(f"demo finished in {time.monotonic() - t0:.1f} s"))
-    return 0
+    missed = missed_outcomes(results)
+    for line in missed:
+        console.print(f"[red]demo: the story did not happen:[/] {line}")
+    return 1 if missed else 0
+
+
+# What each act must have shown (its result keys): a run that printed every step but ended
+# elsewhere is a failed demo, not a finished one.
+OUTCOMES: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
+    "device": (("fallback_seen", bool, "after three red boots the device is back on v1"),
+               ("final_commit_strace", bool, "the second attempt boots v2 with strace")),
+    "apps": (("updated", lambda body: "app v2" in str(body),
+              "after podman auto-update the VIP answers from app v2"),),
+    "real": (("fallback_booted", bool, "GRUB's fallback booted v1 again"),
+             ("fallback_strace_absent", bool, "strace is gone after the fallback"),
+             ("final_booted_v2", bool, "the second attempt booted v2"),
+             ("final_strace", bool, "strace is there on v2")),
+}
+
+
+def missed_outcomes(results: dict[str, Any]) -> list[str]:
+    """The outcomes the acts that ran did not show (pure; ``results`` as the acts returned)."""
+    return [f"{act}: {text} ({key} = {results[act].get(key)!r})"
+            for act, checks in OUTCOMES.items() if act in results
+            for key, holds, text in checks if not holds(results[act].get(key))]

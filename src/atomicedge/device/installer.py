@@ -60,7 +60,11 @@ ESP_START = 2048                         # 1 MiB: MBR + core.img in the gap befo
 ESP_SECTORS = 64 * 1024 * 1024 // SECTOR
 ROOT_START = ESP_START + ESP_SECTORS
 ROOT_LABEL = "root"
-BASE_KARGS = ("root=LABEL=root", "rw", "console=ttyS0,115200")
+# A boot that dies before userspace must end in a reboot, or GRUB's counter never sees the next
+# try (nobody is at an edge device's console): dracut reboots instead of its emergency shell
+# (rd.emergency needs rd.shell=0), the kernel 10 s after a panic (Debian's default: never).
+BASE_KARGS = ("root=LABEL=root", "rw", "console=ttyS0,115200", "rd.shell=0",
+              "rd.emergency=reboot", "panic=10")
 
 # -- what the ISO carries (paths relative to the medium's root) ------------------------------
 PLAN = "atomicedge/install.json"
