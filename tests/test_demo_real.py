@@ -1,6 +1,6 @@
 """``atomicedge demo --real`` (``make demo-real``): the parts that run without a VM.
 
-The act itself boots QEMU five to seven times (minutes under TCG); tests/vm/test_vm_update.py
+The act itself boots QEMU five to seven times (minutes under TCG); tests/vm/test_vm_gateway.py
 proves the same update story with assertions. Here: the act reads the story from the serial
 console exactly as QEMU writes it (GRUB's lines, systemd's colour codes, journal prefixes of the
 health services), and it refuses a compose that printed no commit.
