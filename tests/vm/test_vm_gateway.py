@@ -439,6 +439,9 @@ def test_the_same_disk_boots_with_uefi(run: Run, v1_qcow2: Path, gateway_images:
     vm.wait_agent(NAME, BOOT_TIMEOUT)
     print(f"\nUEFI boot: QEMU start -> agent answers {time.monotonic() - start:.1f} s")
     assert sh("test -d /sys/firmware/efi && echo efi || echo bios").strip() == "efi"
+    state = sh("systemctl is-system-running --wait", ok=False).strip()
+    assert state in ("running", "degraded"), state
+    assert sh("systemctl is-active multi-user.target").strip() == "active"
     assert "atomicedge-grub: booting entry 0" in vm.console_path(NAME).read_text(
         errors="replace")
     assert booted_checksum() == gateway_images.v2            # the default GRUB entry
