@@ -290,15 +290,17 @@ class Server:
 def serve_forever(repo_path: Path, bind: str = "127.0.0.1", port: int = 8080) -> None:
     """Foreground server for the CLI: prints the URL, then one line per request."""
     server = Server(repo_path, bind=bind, port=port, quiet=False)
-    try:
-        server.start()
-    except OSError as exc:
-        raise UsageError(f"cannot listen on {bind}:{port}: {exc.strerror}",
-                         "pick another --port") from None
-    print(f"serving {repo_path} on {server.url} (stats at {server.url}/stats)", flush=True)
+    # the handler is in place before anything tells the world we run: a SIGTERM right after
+    # the first line (a loaded machine may not run this thread again before it) stops cleanly
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
+    try:    # from the handler on, a SIGTERM anywhere below is a clean stop (exit 0)
+        try:
+            server.start()
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {bind}:{port}: {exc.strerror}",
+                             "pick another --port") from None
+        print(f"serving {repo_path} on {server.url} (stats at {server.url}/stats)", flush=True)
         assert server._thread is not None
         while server._thread.is_alive():
             server._thread.join(timeout=1)
