@@ -248,3 +248,19 @@ def test_cli_serve_logs_running_totals_and_stops_on_sigterm(src_repo: tuple[Repo
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=20)
     assert rc == 0
+
+
+def test_cli_serve_on_a_port_in_use_is_one_clear_error(src_repo: tuple[Repo, str]) -> None:
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        exe = Path(sys.executable).parent / "atomicedge"
+        proc = subprocess.run([str(exe), "repo", "serve", "--repo", str(src_repo[0].path),
+                               "--port", str(port)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    assert "pick another --port" in proc.stderr and "Traceback" not in proc.stderr

@@ -295,11 +295,7 @@ def serve_forever(repo_path: Path, bind: str = "127.0.0.1", port: int = 8080) ->
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupt)
     try:    # from the handler on, a SIGTERM anywhere below is a clean stop (exit 0)
-        try:
-            server.start()
-        except OSError as exc:
-            raise UsageError(f"cannot listen on {bind}:{port}: {exc.strerror}",
-                             "pick another --port") from None
+        _listen(server)
         print(f"serving {repo_path} on {server.url} (stats at {server.url}/stats)", flush=True)
         assert server._thread is not None
         while server._thread.is_alive():
@@ -308,6 +304,14 @@ def serve_forever(repo_path: Path, bind: str = "127.0.0.1", port: int = 8080) ->
         pass
     finally:
         server.stop()
+
+
+def _listen(server: Server) -> None:
+    try:
+        server.start()
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {server.bind}:{server.port}: {exc.strerror}",
+                         "pick another --port") from None
 
 
 def _raise_interrupt(_sig: int, _frame: object) -> None:
